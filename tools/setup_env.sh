@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Create .venv (if missing) and install d2vr with everything it needs, without ever
+# pulling a CUDA torch onto a CPU machine. A second run with nothing changed installs
+# nothing. A machine whose Python already has torch (e.g. a CUDA build on a GPU node)
+# keeps it: the venv sees system packages and the constraints pin that version.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-python3}
+VENV=.venv
+
+if [ ! -x "$VENV/bin/python" ]; then
+  if "$PYTHON" -c "import torch" >/dev/null 2>&1; then
+    echo "setup: system torch found, creating $VENV with --system-site-packages"
+    "$PYTHON" -m venv --system-site-packages "$VENV"
+  else
+    "$PYTHON" -m venv "$VENV"
+  fi
+fi
+PY="$VENV/bin/python"
+
+# Constraints: the torch already present, else the CPU wheel on disk; torchvision is
+# its pairing (0.(minor+15)).
+torch_version=$("$PY" -c "import torch; print(torch.__version__.split('+')[0])" 2>/dev/null || echo 2.13.0)
+tv_minor=$(( $(echo "$torch_version" | cut -d. -f2) + 15 ))
+mkdir -p "$VENV/d2vr"
+{
+  echo "torch==$torch_version"
+  echo "torchvision==0.$tv_minor.*"
+  grep -v -E '^(#|torch==|torchvision==)' constraints/cpu.txt || true
+} > "$VENV/d2vr/constraints.txt"
+
+stamp="$VENV/d2vr/installed.sha256"
+want=$(cat pyproject.toml "$VENV/d2vr/constraints.txt" tools/setup_env.sh | sha256sum | cut -d' ' -f1)
+if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
+  exit 0  # up to date: install nothing
+fi
+
+echo "setup: installing d2vr into $VENV (torch $torch_version) ..."
+start=$(date +%s)
+"$PY" -m pip install --quiet --disable-pip-version-check \
+  -c "$VENV/d2vr/constraints.txt" -e ".[test]"
+site=$("$PY" -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")
+echo "import models.torchvision_compat as _c; _c.install()" > "$site/d2vr_torchvision_compat.pth"
+echo "$want" > "$stamp"
+echo "setup: done in $(( $(date +%s) - start )) s"
