@@ -1,0 +1,205 @@
+"""One small storage API for local paths and `s3://` URLs (fsspec + s3fs).
+
+Every function takes a URL: a local path (`/data/x.mp4`, `runs/demo`) or `s3://bucket/key`.
+The S3 endpoint and keys come from `S3Config` (explicit) or the standard environment
+variables (`AWS_ENDPOINT_URL`, `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`), so the same
+code talks to AWS and to any S3-compatible store.
+
+Atomic writes: a reader never sees a half-written file or object. Locally we write a
+temporary sibling and `os.replace` it into place; on S3 an object becomes visible only
+when its upload (single PUT or completed multipart upload) finishes, so we upload to the
+final key in one operation from a spooled local buffer.
+"""
+from __future__ import annotations
+
+import builtins
+import contextlib
+import dataclasses
+import os
+import shutil
+import tempfile
+import uuid
+from typing import IO, Iterator
+
+import fsspec
+
+
+@dataclasses.dataclass(frozen=True)
+class S3Config:
+    endpoint_url: str | None = None  # None: AWS_ENDPOINT_URL or the AWS default
+    key: str | None = None           # None: AWS_ACCESS_KEY_ID / the usual credential chain
+    secret: str | None = None        # None: AWS_SECRET_ACCESS_KEY
+
+
+_s3_config = S3Config()
+
+
+def configure_s3(config: S3Config) -> None:
+    """Set the S3 endpoint/keys used by this process (else the environment's)."""
+    global _s3_config
+    _s3_config = config
+
+
+def is_remote(url: str) -> bool:
+    return "://" in str(url) and not str(url).startswith("file://")
+
+
+def _strip_file_scheme(url: str) -> str:
+    return url[len("file://"):] if url.startswith("file://") else url
+
+
+def filesystem(url: str) -> tuple[fsspec.AbstractFileSystem, str]:
+    """(filesystem, path inside it) for a URL."""
+    url = str(url)
+    if url.startswith("s3://"):
+        import s3fs
+
+        # Checksums on every request break ranged reads against some S3-compatible
+        # servers (seen with rclone); only compute them where a request needs one.
+        os.environ.setdefault("AWS_REQUEST_CHECKSUM_CALCULATION", "when_required")
+        os.environ.setdefault("AWS_RESPONSE_CHECKSUM_VALIDATION", "when_required")
+        endpoint = _s3_config.endpoint_url or os.environ.get("AWS_ENDPOINT_URL")
+        fs = s3fs.S3FileSystem(
+            key=_s3_config.key or os.environ.get("AWS_ACCESS_KEY_ID"),
+            secret=_s3_config.secret or os.environ.get("AWS_SECRET_ACCESS_KEY"),
+            client_kwargs={"endpoint_url": endpoint} if endpoint else {},
+            skip_instance_cache=True,  # fork-safe: never share a client across processes
+        )
+        return fs, url[len("s3://"):]
+    if is_remote(url):
+        fs, path = fsspec.core.url_to_fs(url)
+        return fs, path
+    return fsspec.filesystem("file"), os.path.abspath(_strip_file_scheme(url))
+
+
+def _url(fs: fsspec.AbstractFileSystem, path: str, like: str) -> str:
+    return f"s3://{path}" if str(like).startswith("s3://") else path
+
+
+def join(base: str, *parts: str) -> str:
+    """Join URL parts with '/' (also for S3), without touching the scheme."""
+    out = str(base).rstrip("/")
+    for p in parts:
+        out = f"{out}/{str(p).strip('/')}"
+    return out
+
+
+def relative_to(url: str, base: str) -> str:
+    """`url` relative to the prefix `base` ('a/b.mp4')."""
+    u, b = str(url), str(base).rstrip("/") + "/"
+    if not is_remote(u):
+        return os.path.relpath(os.path.abspath(_strip_file_scheme(u)), os.path.abspath(_strip_file_scheme(b)))
+    if not u.startswith(b):
+        raise ValueError(f"{url} is not under {base}")
+    return u[len(b):]
+
+
+def exists(url: str) -> bool:
+    fs, path = filesystem(url)
+    return fs.exists(path)
+
+
+def size(url: str) -> int:
+    fs, path = filesystem(url)
+    return int(fs.size(path))
+
+
+def glob(pattern: str) -> list[str]:
+    """Sorted URLs matching a glob (`**` recurses), with the scheme kept."""
+    fs, path = filesystem(pattern)
+    if hasattr(fs, "invalidate_cache"):
+        fs.invalidate_cache()
+    return sorted(_url(fs, p, pattern) for p in fs.glob(path) if fs.isfile(p))
+
+
+def open(url: str, mode: str = "rb", **kwargs) -> IO:  # noqa: A001 - mirrors builtins.open
+    """Open for reading (`rb`, `r`) or plain, non-atomic writing. Prefer `atomic_write`."""
+    fs, path = filesystem(url)
+    if "w" in mode and not is_remote(url):
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    return fs.open(path, mode, **kwargs)
+
+
+def read_bytes(url: str, start: int | None = None, end: int | None = None) -> bytes:
+    """Whole object, or the byte range [start, end) as a ranged read."""
+    fs, path = filesystem(url)
+    if start is None and end is None:
+        return fs.cat_file(path)
+    return fs.cat_file(path, start=start, end=end)
+
+
+def read_text(url: str) -> str:
+    return read_bytes(url).decode("utf-8")
+
+
+@contextlib.contextmanager
+def atomic_write(url: str) -> Iterator[IO[bytes]]:
+    """Binary file handle whose content appears at `url` only if the block succeeds."""
+    fs, path = filesystem(url)
+    if not is_remote(url):
+        folder = os.path.dirname(path) or "."
+        os.makedirs(folder, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".part", dir=folder)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                yield f
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(tmp)
+            raise
+        return
+    # Remote: spool locally, then one upload; the object is visible only once complete.
+    with tempfile.NamedTemporaryFile(prefix="d2vr-upload-", suffix=".part") as tmp:
+        yield tmp
+        tmp.flush()
+        fs.put_file(tmp.name, path)
+
+
+def write_bytes(url: str, data: bytes) -> None:
+    """Atomically write `data` to `url`."""
+    with atomic_write(url) as f:
+        f.write(data)
+
+
+def write_text(url: str, text: str) -> None:
+    write_bytes(url, text.encode("utf-8"))
+
+
+def upload_file(local_path: str, url: str) -> None:
+    """Atomically copy a local file to `url` (local or S3)."""
+    if not is_remote(url):
+        with builtins.open(local_path, "rb") as src, atomic_write(url) as dst:
+            shutil.copyfileobj(src, dst, length=8 << 20)
+        return
+    fs, path = filesystem(url)
+    fs.put_file(local_path, path)
+
+
+def remove(url: str) -> None:
+    fs, path = filesystem(url)
+    with contextlib.suppress(FileNotFoundError):
+        fs.rm(path)
+
+
+def makedirs(url: str) -> None:
+    """Create a local directory; a no-op on S3 (prefixes need no creation)."""
+    if not is_remote(url):
+        os.makedirs(_strip_file_scheme(url), exist_ok=True)
+
+
+@contextlib.contextmanager
+def local_copy(url: str) -> Iterator[str]:
+    """A local file path with the content of `url` (the file itself when local)."""
+    if not is_remote(url):
+        yield os.path.abspath(_strip_file_scheme(url))
+        return
+    fs, path = filesystem(url)
+    suffix = os.path.splitext(path)[1]
+    with tempfile.TemporaryDirectory(prefix="d2vr-") as tmpdir:
+        local = os.path.join(tmpdir, f"{uuid.uuid4().hex}{suffix}")
+        fs.get_file(path, local)
+        yield local
+
