@@ -1,0 +1,188 @@
+"""What every d2vr training job shares: DeepSpeed inside Ray Train, checkpoints, resume.
+
+The jobs (`pretrain_drfa`, `train_prior`, `distill`) each define a plain step function
+(testable without Ray) and a `train_loop_per_worker`; this module holds the Ray- and
+DeepSpeed-specific lines they have in common, kept apart from the maths:
+
+- `load_deepspeed_config`: the JSON under `configs/`, with micro-batch, clipping and
+  precision resolved for the device (bf16 on GPU when "auto", fp32 on CPU).
+- `init_engine`: `deepspeed.initialize` with a torch optimizer we pass in (DeepSpeed
+  would otherwise JIT-compile its CPU Adam) and `dist_init_required=False` (Ray Train
+  already set up the process group: gloo on CPU, nccl on GPU).
+- `save_checkpoint` / `latest_checkpoint_dir`: DeepSpeed state (all ranks) plus
+  safetensors weights and a JSON of the step (rank 0) in one directory, reported to Ray
+  Train so that a worker failure restarts from it, and also findable by a fresh run with
+  the same run name.
+- `run`: builds the `TorchTrainer` with `FailureConfig`, the storage path (local or
+  s3://) and the run name, and returns the result.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import tempfile
+from typing import Any, Callable
+
+import torch
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainRunConfig:
+    run_name: str = "run"                      # a re-run with the same name resumes
+    storage_path: str = "runs/ray"             # Ray Train storage: local dir or s3://bucket/prefix
+    num_workers: int = 2                       # Ray Train workers (one per GPU on a cluster)
+    use_gpu: bool = False                      # GPU workers (nccl) instead of CPU (gloo)
+    deepspeed_config: str = "configs/deepspeed_zero2.json"  # ZeRO stage, precision, micro-batch
+    zero_stage: int = -1                       # -1: keep the config file's stage
+    max_failures: int = 1                      # worker failures tolerated before giving up
+    checkpoint_every: int = 50                 # steps between checkpoints
+    report_every: int = 10                     # steps between metric reports
+    fail_at_step: int = -1                     # fault injection (tests): rank 0 dies once here
+
+
+def repo_root() -> str:
+    return os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def load_deepspeed_config(path: str, micro_batch: int, use_gpu: bool, zero_stage: int = -1,
+                          grad_clip: float | None = None) -> dict:
+    """Read a DeepSpeed JSON and resolve it for this device."""
+    full = path if os.path.isabs(path) else os.path.join(repo_root(), path)
+    with open(full) as f:
+        cfg = json.load(f)
+    cfg["train_micro_batch_size_per_gpu"] = int(micro_batch)
+    cfg.setdefault("gradient_accumulation_steps", 1)
+    cfg.pop("train_batch_size", None)  # derived by DeepSpeed from micro-batch x world
+    if grad_clip is not None:
+        cfg["gradient_clipping"] = float(grad_clip)
+    if zero_stage >= 0:
+        cfg.setdefault("zero_optimization", {})["stage"] = int(zero_stage)
+    for key in ("bf16", "fp16"):
+        block = cfg.get(key, {})
+        if block.get("enabled") == "auto":
+            # bf16 only where the hardware has it; CPU training runs in fp32.
+            block["enabled"] = bool(use_gpu and key == "bf16" and torch.cuda.is_available()
+                                    and torch.cuda.is_bf16_supported())
+    return cfg
+
+
+def init_engine(model: torch.nn.Module, optimizer: torch.optim.Optimizer, ds_config: dict,
+                lr_scheduler=None):
+    import deepspeed
+
+    engine, optimizer, _, lr_scheduler = deepspeed.initialize(
+        model=model, optimizer=optimizer, lr_scheduler=lr_scheduler, config=ds_config,
+        dist_init_required=False,
+    )
+    return engine, optimizer, lr_scheduler
+
+
+def engine_dtype(engine) -> torch.dtype:
+    return torch.bfloat16 if engine.bfloat16_enabled() else torch.float32
+
+
+def state_dict_for_export(engine) -> dict[str, torch.Tensor]:
+    """Full fp32 weights on CPU, also under ZeRO-3 (gathered on every rank)."""
+    module = engine.module
+    if engine.zero_optimization_stage() == 3:
+        import deepspeed
+
+        with deepspeed.zero.GatheredParameters(list(module.parameters()), modifier_rank=None):
+            return {k: v.detach().float().cpu().clone() for k, v in module.state_dict().items()}
+    return {k: v.detach().float().cpu().clone() for k, v in module.state_dict().items()}
+
+
+def save_checkpoint(engines: dict[str, Any], step: int, metrics: dict, export: Callable[[str], None] | None = None,
+                    extra_state: dict | None = None) -> None:
+    """Save DeepSpeed state of every engine (every rank must call this), rank 0's export
+    (safetensors weights) and the step, then report them to Ray Train in one checkpoint."""
+    import ray.train
+
+    rank = ray.train.get_context().get_world_rank()
+    tmp = tempfile.mkdtemp(prefix=f"ckpt-{step}-")
+    try:
+        for name, engine in engines.items():
+            if hasattr(engine, "save_checkpoint"):
+                engine.save_checkpoint(os.path.join(tmp, name), tag="state")
+            elif rank == 0:  # a plain module/optimizer pair outside DeepSpeed
+                torch.save(engine.state_dict(), os.path.join(tmp, f"{name}.pt"))
+        if rank == 0:
+            if export is not None:
+                export(os.path.join(tmp, "export"))
+            with open(os.path.join(tmp, "trainer_state.json"), "w") as f:
+                json.dump({"step": step, **(extra_state or {})}, f)
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def restore_checkpoint(engines: dict[str, Any]) -> dict:
+    """Load the checkpoint Ray Train hands this attempt (after a failure, or when a run
+    with the same name is started again). Returns the saved trainer state ({} if none)."""
+    import ray.train
+
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is None:
+        return {}
+    with checkpoint.as_directory() as folder:
+        for name, engine in engines.items():
+            if hasattr(engine, "load_checkpoint"):
+                engine.load_checkpoint(os.path.join(folder, name), tag="state")
+            else:
+                engine.load_state_dict(torch.load(os.path.join(folder, f"{name}.pt"), weights_only=True))
+        with open(os.path.join(folder, "trainer_state.json")) as f:
+            return json.load(f)
+
+
+def maybe_inject_failure(run: TrainRunConfig, step: int, marker_dir: str) -> None:
+    """Kill rank 0 once at `run.fail_at_step` (tests of resume after a worker dies).
+
+    A marker file under the run's storage makes it happen only on the first attempt."""
+    import ray.train
+
+    if run.fail_at_step < 0 or step != run.fail_at_step:
+        return
+    if ray.train.get_context().get_world_rank() != 0:
+        return
+    marker = os.path.join(marker_dir, f"injected-failure-{run.run_name}")
+    if os.path.exists(marker):
+        return
+    os.makedirs(marker_dir, exist_ok=True)
+    open(marker, "w").close()
+    os._exit(1)  # a hard worker death, as a lost node would be
+
+
+def _storage_filesystem(storage_path: str):
+    """pyarrow filesystem for an s3:// storage path with a custom endpoint."""
+    if not storage_path.startswith("s3://"):
+        return None, os.path.abspath(storage_path)
+    import pyarrow.fs as pafs
+    import s3fs
+
+    from pipelines import storage
+
+    fs, _ = storage.filesystem(storage_path)
+    assert isinstance(fs, s3fs.S3FileSystem)
+    return pafs.PyFileSystem(pafs.FSSpecHandler(fs)), storage_path[len("s3://"):]
+
+
+def run(train_loop: Callable[[dict], None], loop_config: dict, run: TrainRunConfig):
+    """Run `train_loop` on `run.num_workers` Ray Train workers with DeepSpeed."""
+    import ray
+    from ray.train import FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    if not ray.is_initialized():
+        ray.init(runtime_env={"env_vars": {k: v for k, v in os.environ.items() if k.startswith("AWS_")}})
+    filesystem, path = _storage_filesystem(run.storage_path)
+    trainer = TorchTrainer(
+        train_loop,
+        train_loop_config=loop_config,
+        scaling_config=ScalingConfig(num_workers=run.num_workers, use_gpu=run.use_gpu),
+        torch_config=TorchConfig(backend="nccl" if run.use_gpu else "gloo"),
+        run_config=RunConfig(name=run.run_name, storage_path=path, storage_filesystem=filesystem,
+                             failure_config=FailureConfig(max_failures=run.max_failures)),
+    )
+    return trainer.fit()

@@ -1,0 +1,99 @@
+"""The cluster: `ray_cluster.yaml` passes Ray's own validation, and an autoscaling
+cluster on this one machine (Ray's fake multi-node provider) scales workers up for a
+job that needs more than the head has, and back down when they idle."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.raycluster import LocalCluster
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_ray_cluster_yaml_is_valid_for_ray():
+    from ray.autoscaler._private.util import prepare_config, validate_config
+
+    config = yaml.safe_load((ROOT / "ray_cluster.yaml").read_text())
+    validate_config(prepare_config(config))  # raises on any schema error
+    types = config["available_node_types"]
+    assert config["provider"]["type"] == "aws"
+    assert types[config["head_node_type"]]["resources"].get("CPU") == 0
+    gpu_types = [t for t in types if t != config["head_node_type"]]
+    assert len(gpu_types) >= 2 and all(types[t]["min_workers"] == 0 for t in gpu_types)
+    assert any("tools/setup_env.sh" in c for c in config["setup_commands"])
+
+    broken = yaml.safe_load((ROOT / "ray_cluster.yaml").read_text())
+    del broken["available_node_types"]["gpu_1x"]["node_config"]
+    with pytest.raises(Exception):
+        validate_config(prepare_config(broken))
+
+
+FAKE_CLUSTER = {
+    "cluster_name": "d2vr-fake",
+    "max_workers": 2,
+    "upscaling_speed": 1.0,
+    "idle_timeout_minutes": 0.25,  # 15 s, so the test sees the scale-down
+    "provider": {"type": "fake_multinode"},
+    "auth": {"ssh_user": "ubuntu"},
+    "docker": {},
+    "available_node_types": {
+        "ray.head.default": {"resources": {"CPU": 1}, "node_config": {}, "max_workers": 0},
+        "cpu_worker": {"resources": {"CPU": 2, "worker_slot": 1}, "node_config": {},
+                       "min_workers": 0, "max_workers": 2},
+    },
+    "head_node_type": "ray.head.default",
+    "file_mounts": {}, "cluster_synced_files": [], "file_mounts_sync_continuously": False,
+    "rsync_exclude": [], "rsync_filter": [], "initialization_commands": [],
+    "setup_commands": [], "head_setup_commands": [], "worker_setup_commands": [],
+    "head_start_ray_commands": [], "worker_start_ray_commands": [],
+}
+
+DRIVER = textwrap.dedent("""
+    import json, time, ray
+    ray.init(address="auto")
+    alive = lambda: sum(1 for n in ray.nodes() if n["Alive"])
+    before = alive()
+
+    @ray.remote(num_cpus=2, resources={"worker_slot": 1})
+    def work(i):
+        time.sleep(1)
+        return ray.get_runtime_context().get_node_id()
+
+    t0 = time.time()
+    nodes = set(ray.get([work.remote(i) for i in range(2)], timeout=240))
+    scaled_up = alive()
+    up_s = time.time() - t0
+    deadline = time.time() + 120
+    while alive() > before and time.time() < deadline:
+        time.sleep(1)
+    print(json.dumps({"before": before, "scaled_up": scaled_up, "worker_nodes_used": len(nodes),
+                      "after_idle": alive(), "up_s": up_s, "down_s": time.time() - t0 - up_s}))
+""")
+
+
+@pytest.mark.slow
+def test_autoscaling_up_and_down_on_one_machine(tmp_path):
+    config = tmp_path / "fake_cluster.yaml"
+    cluster = LocalCluster(num_cpus=1, autoscaling_config=str(config),
+                           env={"RAY_FAKE_CLUSTER": "1", "AUTOSCALER_UPDATE_INTERVAL_S": "1"})
+    # Fake worker nodes join the head's GCS at this address (the provider's default is :6379).
+    fake = {**FAKE_CLUSTER, "provider": {**FAKE_CLUSTER["provider"], "gcs_address": cluster.address}}
+    config.write_text(json.dumps(fake))
+    cluster.start()
+    try:
+        out = cluster.run([sys.executable, "-c", DRIVER], timeout=400)
+        assert out.returncode == 0, out.stderr[-3000:]
+        figures = json.loads(out.stdout.strip().splitlines()[-1])
+        print("autoscaling:", figures)
+        assert figures["before"] == 1, figures                 # the head alone
+        assert figures["scaled_up"] >= 2, figures              # worker nodes were launched
+        assert figures["after_idle"] == 1, figures             # and removed when idle
+    finally:
+        cluster.stop()
