@@ -1,0 +1,604 @@
+"""The video upscaler: Stable Diffusion x4 Upscaler parts, a temporal student, samplers.
+
+Pieces (diffusers): a `UNet2DConditionModel` that reads `[latent (4), noised low-res RGB
+(3)]` at the low-res size with `class_labels = noise_level` and predicts v; an
+`AutoencoderKL` whose latent is 4x smaller than the image (scaling factor 0.08333); the
+training noise schedule (a DDIM config, v-prediction) and the `low_res_scheduler` that
+noise-augments the low-res input (level 20 by default, as the diffusers pipeline).
+
+`VideoUpscaler` holds
+- `teacher`: the single-image prior, frozen (the distillation target);
+- `student`: a copy of it whose `conv_in` is widened with zero-initialised weights for the
+  temporal channels (`models.temporal`): at step 0 it computes bit for bit what the teacher
+  computes, whatever the previous frame (`SplitConvIn`; weights get fresh, equally aligned
+  allocations so that CPU GEMMs take the same kernels);
+- `vae` and `flow_net` (the DRFA), frozen. The flow is estimated on the low-res frames,
+  current -> previous; frames smaller than the flow net accepts (tiny DRFA: 32 px) are
+  estimated at an integer multiple of their size and the flow scaled back.
+
+Text conditioning is one fixed prompt embedding (`UpscalerBundle.prompt_embeds`), computed
+once from the prompt with the CLIP text encoder (sd-x4) or a fixed seeded tensor saved with
+the model (tiny): no text encoder runs per frame. Classifier-free guidance is not used: with
+one fixed prompt (default "") the conditional and unconditional branches coincide.
+
+Samplers: `sample_few_step` (the student's: predict x0 at each timestep of
+`cfg.student_timesteps`, default the paper's (750, 500, 250, 0), and re-noise it with fresh
+noise to the next one, ADD-style, starting from pure noise) and `sample_multi_step` (the
+teacher's: a diffusers DDIM or DPM-Solver++ loop, 50 steps by default). `restore_frame` /
+`restore_clip` run them frame by frame with the explicit `TemporalState`.
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import dataclasses
+import functools
+import math
+import os
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import NamedTuple
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from diffusers import (AutoencoderKL, DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler,
+                       UNet2DConditionModel)
+from diffusers.utils.torch_utils import randn_tensor
+
+from models.temporal import no_previous, temporal_channels, warp_previous
+
+SD_X4_REPO = "stabilityai/stable-diffusion-x4-upscaler"
+PROMPT_EMBEDS_FILE = "prompt_embeds.safetensors"
+SOLVERS = ("ddim", "dpm")
+
+
+@dataclasses.dataclass(frozen=True)
+class UpscalerConfig:
+    # hub id, local dir (unet/ vae/ scheduler/ low_res_scheduler/), or a built-in random
+    # architecture ("tiny", "sd-x4-random")
+    pretrained: str = SD_X4_REPO
+    prompt: str = ""                                      # the one fixed prompt; "" = no text guidance
+    noise_level: int = 20                                 # low-res noise augmentation, pipeline default (max 350)
+    student_timesteps: tuple[int, ...] = (750, 500, 250, 0)  # paper's T_student; the first starts from noise
+    teacher_steps: int = 50                               # teacher sampler steps (the paper's 12x: 4 vs 50)
+    teacher_solver: str = "ddim"                          # "ddim" (the checkpoint's) or "dpm" (DPM-Solver++)
+    # warped previous frame at latent size: "unshuffle" (3*s*s ch, lossless) or "bilinear" (3 ch)
+    temporal_encoding: str = "unshuffle"
+    flow_iters: int | None = None                         # flow refinement iterations; None = the flow net's default
+
+    def __post_init__(self):
+        if self.teacher_solver not in SOLVERS:
+            raise ValueError(f"teacher_solver must be one of {SOLVERS}, got {self.teacher_solver!r}")
+        ts = tuple(self.student_timesteps)
+        if not ts or any(not 0 <= t < 1000 for t in ts) or any(a <= b for a, b in zip(ts, ts[1:])):
+            raise ValueError(f"student_timesteps must be strictly decreasing in [0, 999], got {ts}")
+        if not 0 <= self.noise_level <= 350:
+            raise ValueError(f"noise_level must be in [0, 350], got {self.noise_level}")
+        if self.teacher_steps < 1:
+            raise ValueError(f"teacher_steps must be >= 1, got {self.teacher_steps}")
+        temporal_channels(self.temporal_encoding, 4)  # validates the name
+
+
+# --------------------------------------------------------------------------- bundle
+
+
+@functools.lru_cache(maxsize=8)
+def _encode_prompt_cached(source: str, prompt: str) -> torch.Tensor:
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    tokenizer = CLIPTokenizer.from_pretrained(source, subfolder="tokenizer")
+    text_encoder = CLIPTextModel.from_pretrained(source, subfolder="text_encoder").eval()
+    ids = tokenizer(prompt, padding="max_length", max_length=tokenizer.model_max_length,
+                    truncation=True, return_tensors="pt").input_ids
+    with torch.no_grad():
+        return text_encoder(ids)[0].float()                 # (1, 77, 1024) for sd-x4
+
+
+def encode_prompt(source: str, prompt: str = "") -> torch.Tensor:
+    """(1, L, D) CLIP embedding of `prompt` with the text encoder of `source` (run once, cached)."""
+    return _encode_prompt_cached(str(source), prompt).clone()
+
+
+@dataclasses.dataclass
+class UpscalerBundle:
+    """The x4 upscaler's parts in the hub layout, plus the fixed prompt embedding."""
+
+    unet: UNet2DConditionModel
+    vae: AutoencoderKL
+    scheduler: DDIMScheduler                 # training schedule + the teacher's default sampler
+    low_res_scheduler: DDPMScheduler         # noise augmentation of the low-res input
+    prompt_embeds: torch.Tensor              # (1, L, cross_attention_dim)
+    prompt: str = ""
+
+    @classmethod
+    def from_pretrained(cls, source: str | os.PathLike, prompt: str = "", *,
+                        torch_dtype: torch.dtype | None = None, **kwargs) -> "UpscalerBundle":
+        """Load `unet/`, `vae/`, `scheduler/`, `low_res_scheduler/` from a hub id or a directory.
+
+        The prompt embedding comes from `prompt_embeds.safetensors` when the directory has
+        one for the same prompt, else from the repository's CLIP text encoder (once).
+        `kwargs` go to every `from_pretrained` (e.g. `local_files_only=True`, `revision`).
+        """
+        source = str(source)
+        unet = UNet2DConditionModel.from_pretrained(source, subfolder="unet", torch_dtype=torch_dtype, **kwargs)
+        vae = AutoencoderKL.from_pretrained(source, subfolder="vae", torch_dtype=torch_dtype, **kwargs)
+        scheduler = DDIMScheduler.from_pretrained(source, subfolder="scheduler", **kwargs)
+        low_res = DDPMScheduler.from_pretrained(source, subfolder="low_res_scheduler", **kwargs)
+        embeds = None
+        local = Path(source) / PROMPT_EMBEDS_FILE
+        if local.is_file():
+            from safetensors import safe_open
+
+            with safe_open(str(local), framework="pt") as f:
+                if (f.metadata() or {}).get("prompt", "") == prompt:
+                    embeds = f.get_tensor("prompt_embeds")
+        if embeds is None:
+            embeds = encode_prompt(source, prompt)
+        return cls(unet, vae, scheduler, low_res, embeds.float(), prompt)
+
+    def save_pretrained(self, directory: str | os.PathLike) -> Path:
+        """Write the hub layout (+ `prompt_embeds.safetensors`); `from_pretrained` reads it back."""
+        from safetensors.torch import save_file
+
+        out = Path(directory)
+        out.mkdir(parents=True, exist_ok=True)
+        self.unet.save_pretrained(out / "unet")
+        self.vae.save_pretrained(out / "vae")
+        self.scheduler.save_pretrained(out / "scheduler")
+        self.low_res_scheduler.save_pretrained(out / "low_res_scheduler")
+        save_file({"prompt_embeds": self.prompt_embeds.detach().float().cpu().contiguous()},
+                  str(out / PROMPT_EMBEDS_FILE), metadata={"prompt": self.prompt})
+        return out
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+class LowResCondition(NamedTuple):
+    image: torch.Tensor          # (B, 3, h, w) noise-augmented low-res frame in [-1, 1] (+noise)
+    noise_level: torch.Tensor    # (B,) long, the UNet's class label
+
+
+@dataclasses.dataclass(frozen=True)
+class TemporalState:
+    """What the next frame needs from this one. `None` in its place = first frame of a shot."""
+
+    lq: torch.Tensor             # (B, 3, h, w) previous low-res frame, [0, 1]
+    hr: torch.Tensor             # (B, 3, s*h, s*w) previous restored frame, [0, 1]
+
+
+class SectionTimer:
+    """Wall-clock seconds per named section (flow / unet / vae); syncs CUDA around each."""
+
+    def __init__(self):
+        self.seconds: dict[str, float] = defaultdict(float)
+        self.calls: dict[str, int] = defaultdict(int)
+
+    @contextlib.contextmanager
+    def section(self, name: str, device: torch.device):
+        sync = device.type == "cuda"
+        if sync:
+            torch.cuda.synchronize(device)
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            if sync:
+                torch.cuda.synchronize(device)
+            self.seconds[name] += time.perf_counter() - start
+            self.calls[name] += 1
+
+    def reset(self):
+        self.seconds.clear()
+        self.calls.clear()
+
+
+class SplitConvIn(nn.Conv2d):
+    """conv_in over [prior channels | temporal channels], computed as two convolutions.
+
+    conv(x, W) == conv(x[:, :k], W[:, :k]) + conv(x[:, k:], W[:, k:]) mathematically; doing
+    it in two parts makes the first part the very operation the prior runs, so while the
+    temporal weights are zero the student is *bit-identical* to the prior (one fused conv
+    over more channels would sum in another order: equal only to ~1e-6). Parameters and
+    state-dict keys are a plain Conv2d's, so `save_pretrained` / `from_pretrained` work
+    unchanged (`split_conv_in` re-applies the split after loading).
+    """
+
+    prior_channels: int
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        k = self.prior_channels
+        base = self._conv_forward(x[:, :k], self.weight[:, :k], self.bias)
+        return base + self._conv_forward(x[:, k:], self.weight[:, k:], None)
+
+
+def split_conv_in(unet: UNet2DConditionModel, prior_channels: int) -> UNet2DConditionModel:
+    """Make `unet.conv_in` a `SplitConvIn` at `prior_channels` (in place, same parameters)."""
+    conv = unet.conv_in
+    if type(conv) not in (nn.Conv2d, SplitConvIn) or not 0 < prior_channels < conv.in_channels:
+        raise ValueError(f"cannot split conv_in ({conv}) at {prior_channels} channels")
+    if conv.padding_mode != "zeros":
+        raise ValueError("split conv_in supports zero padding only")
+    conv.__class__ = SplitConvIn
+    conv.prior_channels = prior_channels
+    return unet
+
+
+def widen_conv_in(unet: UNet2DConditionModel, extra_channels: int) -> UNet2DConditionModel:
+    """Append `extra_channels` zero-weight input channels to `unet.conv_in` (in place).
+
+    The original channels keep their weights and order, so the widened UNet computes
+    exactly the original function whatever the extra inputs are, until trained.
+    """
+    old = unet.conv_in
+    new = nn.Conv2d(old.in_channels + extra_channels, old.out_channels, old.kernel_size,
+                    stride=old.stride, padding=old.padding, dilation=old.dilation,
+                    bias=old.bias is not None).to(device=old.weight.device, dtype=old.weight.dtype)
+    with torch.no_grad():
+        new.weight.zero_()
+        new.weight[:, :old.in_channels] = old.weight
+        if old.bias is not None:
+            new.bias.copy_(old.bias)
+    unet.conv_in = new
+    unet.register_to_config(in_channels=old.in_channels + extra_channels)
+    return split_conv_in(unet, old.in_channels)
+
+
+def make_student(prior: UNet2DConditionModel, extra_channels: int) -> UNet2DConditionModel:
+    """A trainable copy of the prior with `extra_channels` zero-initialised temporal inputs."""
+    student = widen_conv_in(copy.deepcopy(prior), extra_channels)
+    student.requires_grad_(True)
+    return student
+
+
+def _move(module: nn.Module, device: torch.device, dtype: torch.dtype) -> None:
+    """`.to(device)`, and `.to(dtype)` only when it changes something (diffusers warns on any dtype cast)."""
+    module.to(device)
+    if any(p.dtype != dtype for p in module.parameters() if p.is_floating_point()):
+        module.to(dtype)
+
+
+def _own_storage(module: nn.Module) -> None:
+    """Give every parameter/buffer its own fresh allocation (in place).
+
+    Weights loaded from safetensors can be views at arbitrary offsets of one buffer; CPU
+    GEMMs pick kernels by alignment, so the prior and its deep-copied student would then
+    differ in the last bit. Fresh allocations are aligned alike (and no longer pin the file).
+    """
+    with torch.no_grad():
+        for p in module.parameters():
+            p.data = p.data.clone()
+        for b in module.buffers():
+            b.data = b.data.clone()
+
+
+def _freeze(module: nn.Module | None) -> None:
+    if module is not None:
+        module.requires_grad_(False)
+        module.eval()
+
+
+# --------------------------------------------------------------------------- the upscaler
+
+
+class VideoUpscaler(nn.Module):
+    """Single-image x4 diffusion prior + temporally conditioned few-step student.
+
+    device / dtype: where and in what precision the UNets run; `vae_dtype` (default: dtype)
+    is the VAE's, separately, since the x4 VAE overflows in fp16. The flow net always runs
+    in float32. `student_unet` loads a trained student (else one is made from the prior).
+    """
+
+    def __init__(self, bundle: UpscalerBundle, cfg: UpscalerConfig = UpscalerConfig(),
+                 flow_net: nn.Module | None = None, *, student_unet: UNet2DConditionModel | None = None,
+                 device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
+                 vae_dtype: torch.dtype | None = None):
+        super().__init__()
+        self.cfg = cfg
+        self.scale = 2 ** (len(bundle.vae.config.block_out_channels) - 1)   # 4 for the x4 VAE
+        self.extra_channels = temporal_channels(cfg.temporal_encoding, self.scale)
+        prior_in = bundle.unet.config.in_channels
+        latent_ch = bundle.vae.config.latent_channels
+        if prior_in != latent_ch + 3:
+            raise ValueError(f"prior UNet in_channels {prior_in} != latent {latent_ch} + 3 low-res channels")
+        self.latent_channels = latent_ch
+        self.teacher = bundle.unet
+        self.vae = bundle.vae
+        self.flow_net = flow_net
+        for m in (self.teacher, self.vae, self.flow_net):
+            _freeze(m)
+        _own_storage(self.teacher)
+        _own_storage(self.vae)
+        if student_unet is None:
+            student_unet = make_student(bundle.unet, self.extra_channels)
+        elif student_unet.config.in_channels != prior_in + self.extra_channels:
+            raise ValueError(f"student_unet in_channels {student_unet.config.in_channels} != "
+                             f"{prior_in} + {self.extra_channels} temporal channels ({cfg.temporal_encoding})")
+        else:
+            _own_storage(student_unet)
+        self.student = split_conv_in(student_unet, prior_in)
+        self.scheduler_config = dict(bundle.scheduler.config)
+        self.prediction_type = bundle.scheduler.config.prediction_type
+        if self.prediction_type not in ("v_prediction", "epsilon"):
+            raise ValueError(f"unsupported prediction_type {self.prediction_type!r}")
+        self.low_res_scheduler = bundle.low_res_scheduler
+        self.alphas_cumprod = bundle.scheduler.alphas_cumprod.detach().float().clone()  # (1000,)
+        self.register_buffer("prompt_embeds", bundle.prompt_embeds.detach().clone(), persistent=False)
+        self.scaling_factor = float(bundle.vae.config.scaling_factor)
+        self.timer: SectionTimer | None = None
+        device = torch.device(device)
+        for module, want in ((self.student, dtype), (self.teacher, dtype), (self.vae, vae_dtype or dtype),
+                             (self.flow_net, torch.float32)):
+            if module is not None:
+                _move(module, device, want)
+        self.prompt_embeds = self.prompt_embeds.to(device, dtype)
+
+    # ---- construction shortcuts
+
+    @classmethod
+    def from_config(cls, cfg: UpscalerConfig, flow_net: nn.Module | None = None, *, seed: int = 0,
+                    student_unet: UNet2DConditionModel | str | os.PathLike | None = None,
+                    device="cpu", dtype=torch.float32, vae_dtype=None) -> "VideoUpscaler":
+        """Load (or, for "tiny"/"sd-x4-random", build) `cfg.pretrained`; `student_unet` may be a path."""
+        from models.presets import load_bundle
+
+        bundle = load_bundle(cfg.pretrained, prompt=cfg.prompt, seed=seed)
+        if student_unet is not None and not isinstance(student_unet, nn.Module):
+            student_unet = UNet2DConditionModel.from_pretrained(str(student_unet))
+        return cls(bundle, cfg, flow_net, student_unet=student_unet, device=device, dtype=dtype,
+                   vae_dtype=vae_dtype)
+
+    def save_student(self, directory: str | os.PathLike) -> Path:
+        """The trained student UNet, `save_pretrained` layout (load with `student_unet=path`)."""
+        self.student.save_pretrained(str(directory))
+        return Path(directory)
+
+    def trainable_parameters(self):
+        return [p for p in self.student.parameters() if p.requires_grad]
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        for m in (self.teacher, self.vae, self.flow_net):   # frozen parts stay in eval mode
+            if m is not None:
+                m.eval()
+        return self
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.student.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The UNets' dtype."""
+        return next(self.student.parameters()).dtype
+
+    @property
+    def vae_dtype(self) -> torch.dtype:
+        return next(self.vae.parameters()).dtype
+
+    def _section(self, name: str):
+        return self.timer.section(name, self.device) if self.timer is not None else contextlib.nullcontext()
+
+    def randn(self, shape, generator: torch.Generator | None = None) -> torch.Tensor:
+        """float32 N(0, 1) on the upscaler's device, drawn from `generator` (on its own device)."""
+        return randn_tensor(tuple(shape), generator=generator, device=self.device, dtype=torch.float32)
+
+    # ---- schedule maths (float32, latents are float32 outside the UNets)
+
+    def _coeffs(self, t: torch.Tensor, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        ab = self.alphas_cumprod.to(like.device)[t.long().to(like.device)].view(-1, 1, 1, 1)
+        return ab.sqrt(), (1 - ab).sqrt()
+
+    def alpha_bar(self, t: torch.Tensor) -> torch.Tensor:
+        return self.alphas_cumprod.to(t.device)[t.long()]
+
+    def add_noise(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """Forward diffusion q(x_t | x0): sqrt(ab_t) x0 + sqrt(1 - ab_t) noise."""
+        a, s = self._coeffs(t, x0)
+        return a * x0 + s * noise
+
+    def _timesteps(self, t, batch: int) -> torch.Tensor:
+        t = torch.as_tensor(t, device=self.device)
+        return (t.expand(batch) if t.dim() == 0 else t).long()
+
+    # ---- conditioning
+
+    def check_lq(self, lq: torch.Tensor, name: str = "lq") -> torch.Tensor:
+        if not torch.is_tensor(lq) or lq.dim() != 4 or lq.shape[1] != 3 or not lq.is_floating_point():
+            raise ValueError(f"{name} must be a float (B, 3, h, w) tensor, got "
+                             f"{tuple(lq.shape) if torch.is_tensor(lq) else type(lq).__name__}")
+        lo, hi = float(lq.min()), float(lq.max())
+        if lo < -1e-3 or hi > 1 + 1e-3:
+            raise ValueError(f"{name} must be in [0, 1], got values in [{lo:.3f}, {hi:.3f}]")
+        return lq.to(self.device, torch.float32)
+
+    def lowres_condition(self, lq: torch.Tensor, generator: torch.Generator | None = None,
+                         noise: torch.Tensor | None = None) -> LowResCondition:
+        """Noise-augment the low-res frame (B, 3, h, w) in [0, 1], as the x4 pipeline does."""
+        image = lq.to(self.device, torch.float32) * 2 - 1
+        if noise is None:
+            noise = self.randn(image.shape, generator)
+        level = torch.full((image.shape[0],), self.cfg.noise_level, dtype=torch.long, device=self.device)
+        return LowResCondition(self.low_res_scheduler.add_noise(image, noise, level), level)
+
+    def lowres_flow(self, lq: torch.Tensor, prev_lq: torch.Tensor) -> torch.Tensor:
+        """(B, 2, h, w) flow current -> previous on the low-res frames (zeros without a flow net)."""
+        if self.flow_net is None:
+            b, _, h, w = lq.shape
+            return torch.zeros(b, 2, h, w, device=lq.device, dtype=torch.float32)
+        from models.flow import estimate_flow
+
+        # frames smaller than the flow net accepts (tiny DRFA: 32 px) are estimated k x larger
+        # (bilinear) and the flow average-pooled back to the low-res grid and divided by k
+        h, w = lq.shape[-2:]
+        need = int(getattr(getattr(self.flow_net, "config", None), "min_size", 0) or 0)
+        k = max(1, math.ceil(need / min(h, w)))
+        a, b = lq.float(), prev_lq.float()
+        if k > 1:
+            a = F.interpolate(a, scale_factor=k, mode="bilinear", align_corners=False).clamp(0, 1)
+            b = F.interpolate(b, scale_factor=k, mode="bilinear", align_corners=False).clamp(0, 1)
+        with torch.no_grad():
+            flow = estimate_flow(self.flow_net, a, b, self.cfg.flow_iters).float()
+        return F.avg_pool2d(flow, k) / k if k > 1 else flow
+
+    @torch.no_grad()
+    def temporal_input(self, lq: torch.Tensor, state: TemporalState | None) -> torch.Tensor:
+        """(B, C, h, w) extra student channels for frame `lq` given the previous frame's state."""
+        b, _, h, w = lq.shape
+        if state is None:
+            return no_previous(b, h, w, self.scale, self.cfg.temporal_encoding, device=self.device)
+        if state.lq.shape != lq.shape:
+            raise ValueError(f"state.lq {tuple(state.lq.shape)} does not match lq {tuple(lq.shape)}")
+        with self._section("flow"):
+            flow = self.lowres_flow(lq.to(self.device), state.lq.to(self.device))
+            return warp_previous(state.hr.to(self.device, torch.float32), flow, self.scale,
+                                 self.cfg.temporal_encoding)
+
+    # ---- the UNets
+
+    def unet_output(self, which: str, x_t: torch.Tensor, t, cond: LowResCondition,
+                    temporal: torch.Tensor | None = None) -> torch.Tensor:
+        """Raw UNet output (v or eps) of "student" or "teacher" on [x_t, low-res(, temporal)]."""
+        if which == "student":
+            if temporal is None:
+                raise ValueError("the student needs its temporal input "
+                                 "(temporal_input(lq, None) for a first frame)")
+            unet, parts = self.student, [x_t, cond.image, temporal]
+        elif which == "teacher":
+            unet, parts = self.teacher, [x_t, cond.image]
+        else:
+            raise ValueError(f"unet must be 'student' or 'teacher', got {which!r}")
+        b = x_t.shape[0]
+        inp = torch.cat([p.to(self.device, self.dtype) for p in parts], dim=1)
+        enc = self.prompt_embeds.expand(b, -1, -1)
+        with self._section("unet"):
+            out = unet(inp, self._timesteps(t, b), encoder_hidden_states=enc,
+                       class_labels=cond.noise_level, return_dict=False)[0]
+        return out.float()
+
+    def predict_x0(self, which: str, x_t: torch.Tensor, t, cond: LowResCondition,
+                   temporal: torch.Tensor | None = None) -> torch.Tensor:
+        """x0 (latent) from one UNet call at timestep t; keeps the graph (grad-enabled student forward)."""
+        t = self._timesteps(t, x_t.shape[0])
+        out = self.unet_output(which, x_t, t, cond, temporal)
+        a, s = self._coeffs(t, x_t)
+        if self.prediction_type == "v_prediction":
+            return a * x_t - s * out
+        return (x_t - s * out) / a
+
+    # ---- samplers
+
+    @torch.no_grad()
+    def sample_few_step(self, cond: LowResCondition, temporal: torch.Tensor | None,
+                        generator: torch.Generator | None = None, timesteps: tuple[int, ...] | None = None,
+                        unet: str = "student") -> torch.Tensor:
+        """The student's sampler: x0 at each timestep, re-noised with fresh noise to the next.
+
+        Starts from pure noise at the first timestep. Returns (B, 4, h, w) latents.
+        """
+        ts = tuple(timesteps or self.cfg.student_timesteps)
+        b, _, h, w = cond.image.shape
+        x = self.randn((b, self.latent_channels, h, w), generator)
+        x0 = x
+        for i, t in enumerate(ts):
+            x0 = self.predict_x0(unet, x, t, cond, temporal)
+            if i + 1 < len(ts):
+                x = self.add_noise(x0, self._timesteps(ts[i + 1], b), self.randn(x0.shape, generator))
+        return x0
+
+    def make_scheduler(self, solver: str | None = None):
+        """A fresh diffusers scheduler (they are stateful) from the checkpoint's config."""
+        solver = solver or self.cfg.teacher_solver
+        if solver == "ddim":
+            return DDIMScheduler.from_config(self.scheduler_config)
+        if solver == "dpm":
+            return DPMSolverMultistepScheduler.from_config(self.scheduler_config)
+        raise ValueError(f"solver must be one of {SOLVERS}, got {solver!r}")
+
+    @torch.no_grad()
+    def sample_multi_step(self, cond: LowResCondition, generator: torch.Generator | None = None,
+                          steps: int | None = None, solver: str | None = None, unet: str = "teacher",
+                          temporal: torch.Tensor | None = None) -> torch.Tensor:
+        """The teacher's sampler (DDIM or DPM-Solver++, `cfg.teacher_steps` by default) -> latents."""
+        scheduler = self.make_scheduler(solver)
+        scheduler.set_timesteps(steps or self.cfg.teacher_steps, device=self.device)
+        b, _, h, w = cond.image.shape
+        x = self.randn((b, self.latent_channels, h, w), generator) * scheduler.init_noise_sigma
+        for t in scheduler.timesteps:
+            inp = scheduler.scale_model_input(x, t)
+            out = self.unet_output(unet, inp, t, cond, temporal)
+            x = scheduler.step(out, t, x, generator=generator, return_dict=False)[0]
+        return x
+
+    # ---- VAE
+
+    def decode(self, latents: torch.Tensor, clamp: bool = True) -> torch.Tensor:
+        """(B, 4, h, w) latents -> (B, 3, s*h, s*w) float32 RGB in [0, 1] (unclamped if clamp=False).
+
+        Gradients flow to the latents (the VAE itself is frozen).
+        """
+        with self._section("vae"):
+            img = self.vae.decode(latents.to(self.vae_dtype) / self.scaling_factor, return_dict=False)[0]
+        img = (img.float() + 1) / 2
+        return img.clamp(0, 1) if clamp else img
+
+    @torch.no_grad()
+    def encode(self, hr: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) RGB in [0, 1] -> (B, 4, H/s, W/s) scaled latents (posterior mode)."""
+        with self._section("vae"):
+            dist = self.vae.encode((hr.to(self.device, self.vae_dtype) * 2 - 1)).latent_dist
+        return dist.mode().float() * self.scaling_factor
+
+    # ---- restoration
+
+    @torch.no_grad()
+    def restore_frame(self, lq: torch.Tensor, state: TemporalState | None = None, *,
+                      sampler: str = "student", seed: int | None = 0,
+                      generator: torch.Generator | None = None, steps: int | None = None
+                      ) -> tuple[torch.Tensor, TemporalState]:
+        """Restore one frame (3, h, w) or (B, 3, h, w); returns it at s x size and the next state.
+
+        state=None: first frame of a shot (no previous frame). sampler "student" = the
+        few-step temporal student, "teacher" = the multi-step single-image prior (ignores the
+        state). Noise comes from `generator`, else from a CPU generator seeded with `seed`.
+        """
+        single = lq.dim() == 3
+        lq = self.check_lq(lq.unsqueeze(0) if single else lq)
+        if generator is None:
+            generator = torch.Generator("cpu")
+            if seed is None:
+                generator.seed()
+            else:
+                generator.manual_seed(int(seed))
+        cond = self.lowres_condition(lq, generator)
+        if sampler == "student":
+            temporal = self.temporal_input(lq, state)
+            latents = self.sample_few_step(cond, temporal, generator)
+        elif sampler == "teacher":
+            latents = self.sample_multi_step(cond, generator, steps=steps)
+        else:
+            raise ValueError(f"sampler must be 'student' or 'teacher', got {sampler!r}")
+        hr = self.decode(latents)
+        new_state = TemporalState(lq=lq, hr=hr)
+        return (hr[0] if single else hr), new_state
+
+    @torch.no_grad()
+    def restore_clip(self, lq_clip: torch.Tensor, *, sampler: str = "student", seed: int = 0,
+                     state: TemporalState | None = None, steps: int | None = None) -> torch.Tensor:
+        """Restore (T, 3, h, w) (or (B, T, 3, h, w)) in order -> (T, 3, s*h, s*w).
+
+        Frame t uses seed `seed + t` and is conditioned on the restored frame t-1 (frame 0 on
+        `state`, None = start of a shot), exactly as chained `restore_frame` calls.
+        """
+        batched = lq_clip.dim() == 5
+        if lq_clip.dim() not in (4, 5):
+            raise ValueError(f"lq_clip must be (T, 3, h, w) or (B, T, 3, h, w), got {tuple(lq_clip.shape)}")
+        clip = lq_clip if batched else lq_clip.unsqueeze(0)
+        frames = []
+        for t in range(clip.shape[1]):
+            hr, state = self.restore_frame(clip[:, t], state, sampler=sampler, seed=seed + t, steps=steps)
+            frames.append(hr)
+        out = torch.stack(frames, dim=1)
+        return out if batched else out[0]
