@@ -23,6 +23,7 @@ import json
 import os
 import shutil
 import tempfile
+import time
 from typing import Any, Callable
 
 import torch
@@ -136,21 +137,26 @@ def restore_checkpoint(engines: dict[str, Any]) -> dict:
             return json.load(f)
 
 
-def maybe_inject_failure(run: TrainRunConfig, step: int, marker_dir: str) -> None:
+def maybe_inject_failure(run: TrainRunConfig, step: int) -> None:
     """Kill rank 0 once at `run.fail_at_step` (tests of resume after a worker dies).
 
-    A marker file under the run's storage makes it happen only on the first attempt."""
+    A marker file (local temp dir, per run name) makes it happen only on the first attempt."""
     import ray.train
 
     if run.fail_at_step < 0 or step != run.fail_at_step:
         return
     if ray.train.get_context().get_world_rank() != 0:
         return
-    marker = os.path.join(marker_dir, f"injected-failure-{run.run_name}")
+    marker_dir = os.path.join(tempfile.gettempdir(), "d2vr-fault-injection")
+    marker = os.path.join(marker_dir, f"{run.run_name}-{step}")
     if os.path.exists(marker):
         return
     os.makedirs(marker_dir, exist_ok=True)
     open(marker, "w").close()
+    # Ray Train registers reported checkpoints asynchronously; dying a moment later (as a
+    # real node loss would, long after its last checkpoint) lets the test check the resume
+    # rather than race the registration.
+    time.sleep(3)
     os._exit(1)  # a hard worker death, as a lost node would be
 
 

@@ -49,3 +49,22 @@ def ray_local(s3_server):
                  runtime_env={"env_vars": {k: v for k, v in os.environ.items() if k.startswith("AWS_")}})
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def training_shards(tmp_path_factory):
+    """Small WebDataset shards of real footage for the training-job tests: the first
+    64 frames of bikes.mp4 (two shots), 128 px clips of 4 frames, built without Ray."""
+    from pipelines import video
+    from pipelines.samples import sample_video
+    from pipelines.shards import ShardConfig, build_shards
+
+    root = tmp_path_factory.mktemp("training_shards")
+    src = str(root / "src" / "bikes64.mp4")
+    frames = video.read_frames(sample_video("bikes"), 0, 64)[:, :, 100:440]  # 272x340 crop
+    video.write_video(src, frames, fps=25, crf=12, preset="ultrafast")
+    dst = str(root / "shards")
+    summary = build_shards(ShardConfig(src=src, dst=dst, clip_len=4, stride=4, size=128,
+                                       use_ray=False, progress=False))
+    assert summary["clips"] > 8, summary
+    return dst
