@@ -1,0 +1,31 @@
+"""Raw videos -> WebDataset clip shards: `ray job submit --working-dir . -- python jobs/build_shards.py
+--src s3://bucket/raw --dst s3://bucket/shards [--clip-len 16 --stride 16 --size 256 --shard-mb 256]`.
+
+Also runs as a plain script on a local Ray (`python jobs/build_shards.py --src videos/ --dst runs/shards`).
+Re-running resumes: finished videos are skipped, new ones add new shards. See
+`pipelines/shards.py` for the layout and the guarantees.
+"""
+from __future__ import annotations
+
+import json
+import sys
+
+import _bootstrap  # noqa: F401  (repo root on sys.path)
+
+from pipelines import cli
+from pipelines.shards import ShardConfig, build_shards
+
+
+def main(argv=None) -> int:
+    cfg = cli.parse(ShardConfig, argv, description=__doc__)
+    if cfg.use_ray:
+        import ray
+
+        ray.init()   # joins the cluster under `ray job submit` (RAY_ADDRESS), else starts a local one
+    summary = build_shards(cfg)
+    print(json.dumps(summary))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
