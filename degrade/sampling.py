@@ -153,7 +153,8 @@ def sample_codec(cc: CodecConfig, lq_size: tuple[int, int], rng) -> dict | None:
     rec = {"codec": codec, "fps": int(cc.fps), "preset": cc.preset}
     if rng.uniform() < cc.bitrate_prob:
         pixels = lq_size[0] * lq_size[1] / (64 * 64)   # bitrate range is for 64x64 [RBVSR]
-        rec["bitrate"] = round(_u(rng, cc.bitrate) * pixels)
+        # libx264 refuses to open below a few kbit/s (seen at 16x16 LQ): keep a floor.
+        rec["bitrate"] = max(4000, round(_u(rng, cc.bitrate) * pixels))
     elif codec == "mpeg4":
         rec["qscale"] = int(rng.integers(cc.qscale[0], cc.qscale[1] + 1))
     else:

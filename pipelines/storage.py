@@ -40,6 +40,12 @@ def configure_s3(config: S3Config) -> None:
     _s3_config = config
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def is_remote(url: str) -> bool:
     return "://" in str(url) and not str(url).startswith("file://")
 
@@ -145,6 +151,7 @@ def atomic_write(url: str) -> Iterator[IO[bytes]]:
                 yield f
                 f.flush()
                 os.fsync(f.fileno())
+            os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual file mode
             os.replace(tmp, path)
         except BaseException:
             with contextlib.suppress(FileNotFoundError):
