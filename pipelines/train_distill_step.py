@@ -27,7 +27,12 @@ reach the student through D's activations, never D's parameters, and D's state i
 touched (no flags flipped, so nothing to restore if the step raises). The alternative
 "requires_grad" flips D's parameters to requires_grad=False for the step and restores them.
 With ZeRO-3 (partitioned D parameters) neither works on the raw module: gather D's
-parameters first. Teacher, flow net and VAE are frozen in `VideoUpscaler`.
+parameters first. When `models.discriminator` is a DeepSpeed engine, the isolated forward
+runs its raw `engine.module`: the engine's own forward would hook D's backward prologue
+into the generator's graph, and D's ZeRO-2 epilogue would then run inside the generator's
+backward (IndexError in `reduce_ipg_grads`, seen with two ZeRO-2 engines). Non-isolated
+calls (the discriminator step) go through the engine. Teacher, flow net and VAE are frozen
+in `VideoUpscaler`.
 
 Discriminator step: real = VAE latents of hq forward-diffused to s, fake = the student's x0
 (detached) forward-diffused to s with fresh noise, both with the frame's noised low-res
@@ -176,6 +181,11 @@ def _discriminate(models: DistillModels, x_t, timesteps, lowres, noise_level, is
     args = (x_t, timesteps, lowres, noise_level, models.upscaler.prompt_embeds)
     if isolation is None:
         return d(*args)
+    # Isolated (generator step): the raw module even when D is wrapped in a DeepSpeed engine,
+    # whose forward would hook D's backward prologue into the generator's graph (issue #4923).
+    inner = getattr(d, "_modules", {}).get("module")
+    if isinstance(inner, LatentDiscriminator):
+        d = inner
     if isolation == "detached":
         params = {name: p.detach() for name, p in d.named_parameters()}
         return functional_call(d, params, args)

@@ -1,0 +1,534 @@
+"""Efficient adversarial distillation (paper Sec. 2.3, 3.1) with Ray Train + DeepSpeed.
+
+Read top to bottom:
+  1. `DistillTrainConfig` - every option, a CLI flag of `jobs/distill.py`; the paper's values
+                           are the defaults (Adam 2e-5, batch 8, 5000 steps, lambda1 0.05,
+                           lambda2 0.1, T_student 750/500/250/0, one GPU).
+  2. `build_models`      - teacher bundle (frozen), frozen DRFA, student, discriminator, T-LPIPS.
+  3. `distill_step`      - one alternating step, no Ray: generator (student) update, then
+                           discriminator update on the generator step's (detached) samples.
+  4. `train_loop_per_worker` - each Ray Train worker: two DeepSpeed engines, resume, the
+                           distillation loader for its rank, metrics, checkpoints.
+  5. `export_model` / `load_restorer` - the restorable model folder, and its loader.
+  6. `distill`           - the driver: runs the trainer, copies the final export to --out.
+
+Engines: the student and the discriminator each get a DeepSpeed engine with the same
+config (`configs/deepspeed_distill.json`: ZeRO-2, bf16 on GPU, fp32 on CPU) and a torch
+Adam. Why not D with a plain torch optimizer and a hand-written all-reduce: D is a
+trainable copy of the prior UNet's encoder (203 M of the sd-x4 UNet's 473 M parameters), so
+its fp32 master weights and Adam moments (~2.4 GB) are worth sharding like the student's,
+and its bf16/fp32-master handling, gradient clipping, all-reduce and checkpointing would
+otherwise be a second, hand-written copy of what DeepSpeed already does for the student.
+DeepSpeed issue #4923 (two ZeRO-2 engines break when the generator's loss backpropagates
+through the discriminator's engine) cannot happen here, because each backward only ever
+reaches its own engine's parameters and hooks:
+- generator step: D runs as the raw module (`d_engine.module`) with *detached* parameters
+  (`torch.func.functional_call`, `train_distill_step`): no D parameter and no D-engine
+  forward hook is in the generator's graph;
+- discriminator step: D reads the generator step's student latents, detached, so the
+  student engine's gradient hooks never fire in D's backward;
+- every forward of a trained network goes through its engine (`up.student` *is* the
+  student engine; the D step calls `d_engine`): DeepSpeed's forward clears the previous
+  step's ZeRO gradient state and hooks its backward prologue, which calling the raw module
+  would skip. Teacher, VAE and DRFA are frozen modules outside DeepSpeed.
+ZeRO-3 is refused: the generator step reads D's parameters directly, which ZeRO-3
+partitions. Tested (tests/test_distill_job.py): 2 CPU workers (gloo), both engines ZeRO-2:
+after 2 steps both networks' weights equal a one-process emulation (plain Adam, each rank's
+batch and noise, gradients averaged) -- bit for bit on this machine; a killed worker resumes.
+Without the raw-module rule above the first generator backward fails inside D's engine
+(`reduce_ipg_grads`: IndexError), the #4923 failure.
+
+Checkpoint (every `checkpoint_every` steps and at the end; Ray Train storage, local or
+s3://): `student/` + `discriminator/` DeepSpeed state (every rank's ZeRO partition),
+`export/` (below; rank 0), `trainer_state.json` (step, epoch). A killed worker restarts
+the group from the last checkpoint; a new run with the same --run-name resumes from the
+latest one (with a larger --steps it trains on). A resumed run starts the next data epoch
+(new shuffle, new degradations) rather than replaying the interrupted one.
+
+Export folder (`--out`; the final checkpoint's `export/`): ONE folder is a complete
+restorable model, read by `load_restorer(path, device)` here and by
+`pipelines.restore.load_restorer` (`jobs/restore.py --model PATH`):
+
+    unet/ vae/ scheduler/ low_res_scheduler/ prompt_embeds.safetensors
+                                   the teacher bundle (`UpscalerBundle.save_pretrained`): the
+                                   frozen prior, bit-identical to --teacher, and its VAE
+    student/                       the trained temporal student (`VideoUpscaler.save_student`
+                                   layout: config.json + diffusion_pytorch_model.safetensors)
+    flow.safetensors, flow.json    the frozen DRFA (`models.flow.save`), bit-identical to --flow
+    discriminator.safetensors      the trained D (to continue training; not used to restore),
+                                   its `DiscriminatorConfig` in the metadata
+    restorer.json                  the `UpscalerConfig` the student was trained with (prompt,
+                                   noise level, student timesteps, temporal encoding, flow
+                                   iterations), the step and the sources
+Intermediate checkpoints' `export/` hold only student/, discriminator.safetensors and
+restorer.json (the frozen parts are written once, at the end).
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import os
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from pipelines import storage
+from pipelines import train_common as tc
+
+EXPORT_FORMAT = "d2vr-restorer/1"
+RESTORER_JSON = "restorer.json"
+FLOW_FILE = "flow.safetensors"
+DISCRIMINATOR_FILE = "discriminator.safetensors"
+STUDENT_DIR = "student"
+BUILTIN_TEACHERS = ("tiny", "sd-x4-random")
+
+
+@dataclasses.dataclass(frozen=True)
+class DistillTrainConfig(tc.TrainRunConfig):
+    # --- run (TrainRunConfig fields with the distillation's defaults)
+    num_workers: int = 1                   # Ray Train workers; the paper trains on one A100
+    deepspeed_config: str = "configs/deepspeed_distill.json"  # ZeRO-2 for both engines, bf16 on GPU
+    checkpoint_every: int = 250            # steps between checkpoints (each holds both engines' state)
+    report_every: int = 10                 # steps between metric reports
+    # --- data and models
+    shards: str = "runs/demo/shards"       # WebDataset clip shards from jobs/build_shards.py (local or s3://)
+    # the frozen prior: a folder in save_pretrained layout (local or s3://; jobs/train_prior.py's export),
+    # a hub id (the paper's: SD x4 Upscaler), or "tiny" / "sd-x4-random" (random weights, built in code)
+    teacher: str = "stabilityai/stable-diffusion-x4-upscaler"
+    flow: str = "runs/demo/drfa/drfa.safetensors"  # DRFA export (jobs/pretrain_drfa.py), frozen; "none": zero flow
+    out: str = "runs/demo/model"           # export folder: one complete restorable model (see module doc)
+    prompt: str = ""                       # the prior's fixed prompt ("" = no text guidance)
+    model_seed: int = 0                    # weights of a built-in teacher ("tiny")
+    # --- the paper's recipe (Sec. 3.1)
+    steps: int = 5000                      # optimizer steps of each of G and D (paper: 5000)
+    batch_size: int = 8                    # clips per step over all workers (paper: 8); a multiple of num_workers
+    lr: float = 2e-5                       # student Adam learning rate, fixed (paper: 2e-5)
+    d_lr: float = 2e-5                     # discriminator Adam learning rate, fixed (paper: one Adam at 2e-5)
+    adam_beta1: float = 0.9                # Adam betas (the paper names Adam only: torch's defaults)
+    adam_beta2: float = 0.999
+    grad_clip: float = 0.0                 # gradient-norm clip of both engines; 0 = none (the paper names none)
+    student_timesteps: tuple[int, ...] = (750, 500, 250, 0)  # T_student (paper); the first starts from noise
+    distill_weight: float = 1.0            # weight of L_distill (Eq. 6)
+    lambda_adv: float = 0.05               # lambda1 (paper); 0 also skips the discriminator updates
+    lambda_tlpips: float = 0.1             # lambda2 (paper)
+    adversarial_form: str = "hinge"        # hinge (ADD) | non_saturating | paper (Eq. 3-4 literally)
+    distill_weighting: str = "alpha_bar"   # c(tau): alpha_bar (ADD) | sds
+    teacher_t_min: int = 20                # teacher re-noising timesteps tau ~ U[min, max] (of 1000)
+    teacher_t_max: int = 980
+    first_step_input: str = "noise"        # student input at T_student[0]: noise (as the sampler) | diffused_real
+    previous_frame: str = "sampled"        # temporal input of frame t: sampled (as inference) | student | gt
+    discriminator_isolation: str = "detached"  # how D stays out of the generator's backward: detached | requires_grad
+    d_head_channels: int = 0               # D head width; 0 = min(128, the prior's first block width)
+    tlpips_net: str = "alex"               # T-LPIPS feature net: alex | vgg
+    tlpips_backbone: str = "pretrained"    # pretrained (ImageNet, local torch hub cache) | random (tests only)
+    # --- upscaler (stored in the export's restorer.json)
+    noise_level: int = 20                  # low-res noise augmentation (the x4 pipeline's default)
+    temporal_encoding: str = "unshuffle"   # warped previous frame at latent size: unshuffle | bilinear
+    flow_iters: int = 0                    # DRFA refinement iterations; 0 = the flow net's default
+    vae_dtype: str = "float32"             # the x4 VAE overflows in half precision: fp32 on GPU too
+    # --- clips (not in the paper)
+    crop: int = 256                        # HQ crop side in px (LQ = crop / 4; the sd-x4 UNet needs LQ % 8 == 0)
+    clip_len: int = 3                      # frames per clip (>= 2 for T-LPIPS); each adds a grad UNet + VAE decode
+    degrade: str = "heavy"                 # degradation preset applied on the fly (clean | light | medium | heavy)
+    loader_workers: int = 2                # DataLoader worker processes per Ray worker
+    seed: int = 0                          # data order, degradations, training noise, D's heads
+
+    def distill_config(self):
+        from pipelines.train_distill_step import DistillConfig
+
+        return DistillConfig(
+            distill_weight=self.distill_weight, lambda_adv=self.lambda_adv, lambda_tlpips=self.lambda_tlpips,
+            adversarial_form=self.adversarial_form, distill_weighting=self.distill_weighting,
+            teacher_t_min=self.teacher_t_min, teacher_t_max=self.teacher_t_max,
+            first_step_input=self.first_step_input, previous_frame=self.previous_frame,
+            discriminator_isolation=self.discriminator_isolation)
+
+    def upscaler_config(self, pretrained: str | None = None):
+        from models.upscaler import UpscalerConfig
+
+        return UpscalerConfig(pretrained=pretrained or self.teacher, prompt=self.prompt,
+                              noise_level=self.noise_level, student_timesteps=tuple(self.student_timesteps),
+                              temporal_encoding=self.temporal_encoding, flow_iters=self.flow_iters or None)
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def check_config(cfg: DistillTrainConfig) -> None:
+    """Fail fast, in the driver, with the flag and the reason (ValueError)."""
+    cfg.distill_config()                    # validates the loss options
+    cfg.upscaler_config()                   # validates timesteps, noise level, encoding
+    if cfg.steps < 1 or cfg.batch_size < 1 or cfg.num_workers < 1:
+        raise ValueError(f"--steps {cfg.steps}, --batch-size {cfg.batch_size} and --num-workers "
+                         f"{cfg.num_workers} must be >= 1")
+    if cfg.batch_size % cfg.num_workers:
+        raise ValueError(f"--batch-size {cfg.batch_size} (clips per step over all workers) must be a "
+                         f"multiple of --num-workers {cfg.num_workers}")
+    if cfg.lambda_tlpips > 0 and cfg.clip_len < 2:
+        raise ValueError(f"--clip-len {cfg.clip_len}: T-LPIPS (--lambda-tlpips {cfg.lambda_tlpips}) needs >= 2 frames")
+    if cfg.checkpoint_every < 1 or cfg.report_every < 1:
+        raise ValueError("--checkpoint-every and --report-every must be >= 1")
+    if cfg.tlpips_backbone not in ("pretrained", "random") or cfg.tlpips_net not in ("alex", "vgg"):
+        raise ValueError(f"--tlpips-backbone must be pretrained|random and --tlpips-net alex|vgg, got "
+                         f"{cfg.tlpips_backbone!r}, {cfg.tlpips_net!r}")
+    _dtype(cfg.vae_dtype)
+    if cfg.lambda_tlpips > 0 and cfg.tlpips_backbone == "pretrained":
+        from models import losses
+
+        hub = getattr(losses, "_hub_checkpoint", None)
+        if hub is not None and not os.path.isfile(hub(cfg.tlpips_net)):
+            raise ValueError(f"--tlpips-backbone pretrained: the {cfg.tlpips_net} ImageNet weights are not in the "
+                             f"torch hub cache ({hub(cfg.tlpips_net)}); copy them there (TORCH_HOME) or pass "
+                             f"--tlpips-backbone random (plumbing only: not a perceptual loss)")
+    ds = tc.load_deepspeed_config(cfg.deepspeed_config, 1, False, cfg.zero_stage)
+    if int(ds.get("zero_optimization", {}).get("stage", 0)) >= 3:
+        raise ValueError(f"ZeRO-3 ({cfg.deepspeed_config}, --zero-stage {cfg.zero_stage}) is not supported: the "
+                         "generator step reads the discriminator's parameters, which ZeRO-3 partitions; use 0-2")
+    if cfg.flow.lower() != "none" and not storage.exists(cfg.flow):
+        raise ValueError(f"--flow {cfg.flow}: no such file (a drfa.safetensors from jobs/pretrain_drfa.py, or 'none')")
+    if _is_local_path(cfg.teacher) and not os.path.isdir(os.path.join(cfg.teacher, "unet")):
+        raise ValueError(f"--teacher {cfg.teacher}: not a prior folder (no unet/ inside); give a save_pretrained "
+                         f"folder, a hub id or one of {BUILTIN_TEACHERS}")
+    if not storage.exists(cfg.shards):
+        raise ValueError(f"--shards {cfg.shards}: not found (build them with jobs/build_shards.py)")
+
+
+def _is_local_path(teacher: str) -> bool:
+    """A teacher given as a local folder (not built in, not s3://, not a hub id 'owner/name')."""
+    if teacher in BUILTIN_TEACHERS or storage.is_remote(teacher):
+        return False
+    return os.path.isabs(teacher) or teacher.startswith(".") or os.path.exists(teacher) or teacher.count("/") != 1
+
+
+def _dtype(name: str) -> torch.dtype:
+    table = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+             "float16": torch.float16, "fp16": torch.float16}
+    if name not in table:
+        raise ValueError(f"dtype must be one of {sorted(table)}, got {name!r}")
+    return table[name]
+
+
+@contextlib.contextmanager
+def _local_dir(url: str) -> Iterator[str]:
+    """A local folder with the content of `url` (downloaded once from s3://); anything else
+    (a local folder, a hub id, a built-in name) passes through unchanged."""
+    if not storage.is_remote(url):
+        yield url
+        return
+    fs, path = storage.filesystem(url)
+    with tempfile.TemporaryDirectory(prefix="d2vr-model-") as tmp:
+        fs.get(path.rstrip("/") + "/", tmp, recursive=True)
+        yield tmp
+
+
+# --------------------------------------------------------------------------- models
+
+
+def build_models(cfg: DistillTrainConfig, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32):
+    """`(DistillModels, UpscalerBundle)`: the frozen teacher bundle (from --teacher), the
+    frozen DRFA (from --flow), the student (a copy of the prior with zero temporal weights),
+    the discriminator (a trainable copy of the prior's encoder + seeded heads) and T-LPIPS.
+    Deterministic in (cfg.model_seed, cfg.seed): every rank builds the same weights."""
+    from models.discriminator import LatentDiscriminator
+    from models.losses import TemporalLPIPS
+    from models.presets import discriminator_preset, load_bundle
+    from models.upscaler import VideoUpscaler
+    from pipelines.train_distill_step import DistillModels
+
+    device = torch.device(device)
+    with _local_dir(cfg.teacher) as teacher:
+        bundle = load_bundle(teacher, prompt=cfg.prompt, seed=cfg.model_seed)
+    flow_net = None
+    if cfg.flow.lower() != "none":
+        from models.flow import load as load_flow
+
+        with storage.local_copy(cfg.flow) as path:
+            flow_net = load_flow(path)
+    up = VideoUpscaler(bundle, cfg.upscaler_config(), flow_net, device=device, dtype=dtype,
+                       vae_dtype=_dtype(cfg.vae_dtype))
+    head = cfg.d_head_channels or min(128, int(up.teacher.config.block_out_channels[0]))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed + 1)
+        disc = LatentDiscriminator(up.teacher, discriminator_preset("sd-x4", head_channels=head))
+        tlpips = None
+        if cfg.lambda_tlpips > 0:
+            tlpips = TemporalLPIPS(net=cfg.tlpips_net, backbone=cfg.tlpips_backbone).to(device)
+    return DistillModels(up, disc, tlpips), bundle
+
+
+# --------------------------------------------------------------------------- one step
+
+
+def distill_step(models, g_engine, d_engine, batch, cfg, generator: torch.Generator | None = None
+                 ) -> dict[str, float]:
+    """One alternating step: the student's Eq. 6 loss -> `g_engine`, then D's loss on the same
+    (detached) samples -> `d_engine`. An engine is a DeepSpeed engine or anything with
+    `backward(loss)` and `step()`. D is not updated when `cfg.lambda_adv == 0`."""
+    from pipelines.train_distill_step import discriminator_step, generator_step
+
+    keep: dict = {}
+    loss, metrics = generator_step(models, batch, cfg, generator, keep=keep)
+    g_engine.backward(loss)
+    g_engine.step()
+    if cfg.lambda_adv != 0:
+        d_loss, d_metrics = discriminator_step(models, batch, cfg, generator, fake=keep["fake"])
+        d_engine.backward(d_loss)
+        d_engine.step()
+        metrics.update(d_metrics)
+    return metrics
+
+
+def step_generator(seed: int, rank: int, step: int) -> torch.Generator:
+    """The training noise of (rank, step): the same after a resume as in the killed attempt."""
+    return torch.Generator("cpu").manual_seed(((seed * 1_000_003 + rank) * 1_000_003 + step) % (2 ** 63))
+
+
+def _mean_over_ranks(metrics: dict[str, float], device: torch.device) -> dict[str, float]:
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return dict(metrics)
+    keys = sorted(metrics)
+    values = torch.tensor([float(metrics[k]) for k in keys], dtype=torch.float64, device=device)
+    dist.all_reduce(values)
+    return dict(zip(keys, (values / dist.get_world_size()).tolist()))
+
+
+# --------------------------------------------------------------------------- export / load
+
+
+def _unwrap(module: nn.Module) -> nn.Module:
+    """The module inside a DeepSpeed engine (or the module itself)."""
+    inner = module._modules.get("module") if isinstance(module, nn.Module) else None
+    return inner if isinstance(inner, nn.Module) and type(module).__name__ == "DeepSpeedEngine" else module
+
+
+def _cpu_weights(module: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().float().cpu().contiguous() for k, v in module.state_dict().items()}
+
+
+def _frozen_on_cpu_fp32(up) -> bool:
+    parts = [p for m in (up.teacher, up.vae) for p in m.parameters()]
+    return all(p.device.type == "cpu" and p.dtype == torch.float32 for p in parts)
+
+
+def export_model(folder: str | os.PathLike, models, cfg: DistillTrainConfig, *, step: int, complete: bool,
+                 bundle=None, student_weights: dict | None = None, discriminator_weights: dict | None = None
+                 ) -> Path:
+    """Write the export folder (layout: module docstring). `complete=False` writes only the
+    trained parts (student, D, restorer.json). Weights default to the modules' own (fp32, CPU);
+    the training loop passes the engines' gathered weights."""
+    from safetensors.torch import save_file
+
+    from models.upscaler import UpscalerBundle
+
+    out = Path(folder)
+    out.mkdir(parents=True, exist_ok=True)
+    up = models.upscaler
+    student = _unwrap(up.student)
+    disc = _unwrap(models.discriminator)
+
+    # 1. The student, in `save_pretrained` layout (config + safetensors).
+    student_dir = out / STUDENT_DIR
+    student_dir.mkdir(exist_ok=True)
+    student.save_config(str(student_dir))
+    save_file(student_weights if student_weights is not None else _cpu_weights(student),
+              str(student_dir / "diffusion_pytorch_model.safetensors"), metadata={"format": "pt"})
+    # 2. The discriminator (to continue training), its config in the metadata.
+    save_file(discriminator_weights if discriminator_weights is not None else _cpu_weights(disc),
+              str(out / DISCRIMINATOR_FILE),
+              metadata={"format": "pt", "discriminator_config": json.dumps(dataclasses.asdict(disc.cfg))})
+    # 3. The frozen parts, once: the teacher bundle and the DRFA.
+    if complete:
+        if _frozen_on_cpu_fp32(up):          # the very modules that trained the student
+            from diffusers import DDIMScheduler
+
+            scheduler = bundle.scheduler if bundle is not None else DDIMScheduler.from_config(up.scheduler_config)
+            UpscalerBundle(unet=up.teacher, vae=up.vae, scheduler=scheduler, low_res_scheduler=up.low_res_scheduler,
+                           prompt_embeds=up.prompt_embeds.detach().float().cpu(), prompt=cfg.prompt
+                           ).save_pretrained(out)
+        else:                                # bf16 / GPU copies: save the fp32 source instead
+            from models.presets import load_bundle
+
+            with _local_dir(cfg.teacher) as teacher:
+                load_bundle(teacher, prompt=cfg.prompt, seed=cfg.model_seed).save_pretrained(out)
+        if up.flow_net is not None:
+            from models.flow import save as save_flow
+
+            save_flow(up.flow_net, out / FLOW_FILE)
+    # 4. What the restorer needs to rebuild the upscaler as trained (written last).
+    ucfg = dataclasses.asdict(up.cfg)
+    ucfg.pop("pretrained")
+    info = {"format": EXPORT_FORMAT, "complete": bool(complete), "step": int(step), "upscaler": ucfg,
+            "discriminator": dataclasses.asdict(disc.cfg), "teacher": cfg.teacher, "flow": cfg.flow,
+            "distill": dataclasses.asdict(cfg.distill_config())}
+    (out / RESTORER_JSON).write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
+    return out
+
+
+def load_restorer(path: str | os.PathLike, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
+                  vae_dtype: torch.dtype | None = None):
+    """The `VideoUpscaler` of an export folder (local or s3://), in eval mode, with the
+    student, the DRFA and the upscaler settings it was trained with (`restorer.json`).
+    Restore with `.restore_clip(lq (T, 3, h, w))` / `.restore_frame(lq, state)`."""
+    from models.upscaler import UpscalerConfig, VideoUpscaler
+
+    with _local_dir(str(path)) as local:
+        if not os.path.isdir(os.path.join(local, "unet")):
+            raise ValueError(f"load_restorer: {path} is not a model folder (no unet/ inside)")
+        meta_path = os.path.join(local, RESTORER_JSON)
+        meta = json.loads(Path(meta_path).read_text()) if os.path.isfile(meta_path) else {}
+        fields = dict(meta.get("upscaler", {}))
+        if "student_timesteps" in fields:
+            fields["student_timesteps"] = tuple(fields["student_timesteps"])
+        flow_net = None
+        if os.path.isfile(os.path.join(local, FLOW_FILE)):
+            from models.flow import load as load_flow
+
+            flow_net = load_flow(os.path.join(local, FLOW_FILE))
+        student = os.path.join(local, STUDENT_DIR)
+        up = VideoUpscaler.from_config(UpscalerConfig(pretrained=local, **fields), flow_net,
+                                       student_unet=student if os.path.isdir(student) else None,
+                                       device=device, dtype=dtype, vae_dtype=vae_dtype)
+    return up.eval()
+
+
+# --------------------------------------------------------------------------- the worker
+
+
+def _batches(cfg: DistillTrainConfig, micro_batch: int, scale: int, rank: int, world: int, start_epoch: int):
+    from pipelines.loaders import LoaderConfig, make_distill_loader
+
+    lcfg = LoaderConfig(batch_size=micro_batch, num_workers=cfg.loader_workers, seed=cfg.seed, degrade=cfg.degrade,
+                        scale=scale, crop=cfg.crop, clip_len=cfg.clip_len)
+    epoch = start_epoch
+    while True:
+        yielded = 0
+        for batch in make_distill_loader(cfg.shards, lcfg, rank=rank, world_size=world, epoch=epoch):
+            yielded += 1
+            yield epoch, batch
+        if yielded == 0:
+            raise RuntimeError(f"no clips in {cfg.shards} for rank {rank}/{world}")
+        epoch += 1
+
+
+def train_loop_per_worker(config: dict) -> None:
+    import ray.train
+
+    cfg = DistillTrainConfig(**config)
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    device = torch.device("cpu")
+    if cfg.use_gpu:
+        import ray.train.torch
+
+        device = ray.train.torch.get_device()
+    micro = cfg.batch_size // world
+    ds_config = tc.load_deepspeed_config(cfg.deepspeed_config, micro, cfg.use_gpu, cfg.zero_stage,
+                                         grad_clip=cfg.grad_clip)
+    half = torch.bfloat16 if ds_config.get("bf16", {}).get("enabled") is True else torch.float32
+    dcfg = cfg.distill_config()
+
+    # 1. Models (identical on every rank), one DeepSpeed engine + Adam each for student and D.
+    torch.manual_seed(cfg.seed)
+    models, bundle = build_models(cfg, device, half)
+    up = models.upscaler
+    betas = (cfg.adam_beta1, cfg.adam_beta2)
+    g_engine, _, _ = tc.init_engine(up.student, torch.optim.Adam(up.trainable_parameters(), lr=cfg.lr, betas=betas),
+                                    ds_config)
+    d_engine, _, _ = tc.init_engine(models.discriminator,
+                                    torch.optim.Adam(models.discriminator.parameters(), lr=cfg.d_lr, betas=betas),
+                                    ds_config)
+    up.student = g_engine                # every student forward through its engine (module docstring)
+    models.discriminator = d_engine      # the D step through its engine; the G step uses d_engine.module
+    up.train()
+    engines = {"student": g_engine, "discriminator": d_engine}
+
+    # 2. Resume: after a worker failure, or a new run with the same name.
+    state = tc.restore_checkpoint(engines)
+    step = resumed_from = int(state.get("step", 0))
+    start_epoch = int(state["epoch"]) + 1 if state else 0
+    if step and rank == 0:
+        print(f"[distill] resumed at step {step} (data epoch {start_epoch})", flush=True)
+
+    def checkpoint(step: int, epoch: int, metrics: dict, final: bool) -> None:
+        g_weights = tc.state_dict_for_export(g_engine)   # every rank (a collective under ZeRO-3)
+        d_weights = tc.state_dict_for_export(d_engine)
+        tc.save_checkpoint(engines, step, metrics, extra_state={"epoch": epoch, "metrics": metrics},
+                           export=lambda folder: export_model(folder, models, cfg, step=step, complete=final,
+                                                              bundle=bundle, student_weights=g_weights,
+                                                              discriminator_weights=d_weights))
+
+    if step >= cfg.steps:                # a finished run started again: export once more, train nothing
+        checkpoint(step, start_epoch - 1, {**state.get("metrics", {}), "step": step, "resumed_from": resumed_from},
+                   final=True)
+        return
+
+    # 3. Train: G and D alternately.
+    data = _batches(cfg, micro, up.scale, rank, world, start_epoch)
+    t0, done = time.time(), 0
+    while step < cfg.steps:
+        epoch, batch = next(data)
+        batch = {"lq": batch["lq"].to(device), "hq": batch["hq"].to(device)}
+        metrics = distill_step(models, g_engine, d_engine, batch, dcfg, step_generator(cfg.seed, rank, step))
+        step += 1
+        done += 1
+        tc.maybe_inject_failure(cfg, step)
+        last = step == cfg.steps
+        save = step % cfg.checkpoint_every == 0 or last
+        if not (save or step % cfg.report_every == 0):
+            continue
+        metrics = _mean_over_ranks(metrics, device)
+        metrics.update(step=step, epoch=epoch, resumed_from=resumed_from,
+                       clips_per_s=done * cfg.batch_size / (time.time() - t0))
+        if save:
+            checkpoint(step, epoch, metrics, final=last)
+        else:
+            ray.train.report(metrics)
+        if rank == 0:
+            print(f"[distill] step {step}/{cfg.steps} loss {metrics['loss']:.4f} distill {metrics['distill']:.4f} "
+                  f"adv_g {metrics['adv_g']:.4f} tlpips {metrics['tlpips']:.4f} d_loss {metrics.get('d_loss', 0):.4f} "
+                  f"{metrics['clips_per_s']:.2f} clips/s", flush=True)
+
+
+# --------------------------------------------------------------------------- the driver
+
+
+def _upload_tree(local: str, url: str) -> None:
+    """Copy every file under `local` to `url` (local or s3://); restorer.json last, so that
+    a folder with it is complete."""
+    files = sorted(os.path.relpath(os.path.join(root, name), local)
+                   for root, _, names in os.walk(local) for name in names)
+    files.sort(key=lambda rel: rel == RESTORER_JSON)
+    for rel in files:
+        storage.upload_file(os.path.join(local, rel), storage.join(url, *rel.split(os.sep)))
+
+
+def distill(cfg: DistillTrainConfig) -> dict:
+    """Run the trainer; copy the final export (a complete restorable model) to `cfg.out`.
+    Returns a summary and prints it on one line."""
+    t0 = time.time()
+    check_config(cfg)
+    result = tc.run(train_loop_per_worker, dataclasses.asdict(cfg), cfg)
+    if result.error:
+        raise RuntimeError(f"distillation failed: {result.error}")
+    if result.checkpoint is None:
+        raise RuntimeError(f"distillation run {cfg.run_name} reported no checkpoint")
+    with result.checkpoint.as_directory() as folder:
+        exported = os.path.join(folder, "export")
+        meta = json.loads(Path(exported, RESTORER_JSON).read_text())
+        if not meta.get("complete"):
+            raise RuntimeError(f"the last checkpoint of {cfg.run_name} (step {meta.get('step')}) "
+                               "has no complete export")
+        _upload_tree(exported, cfg.out)
+    m = result.metrics or {}
+    summary = {"steps": m.get("step"), "loss": m.get("loss"), "distill": m.get("distill"), "adv_g": m.get("adv_g"),
+               "tlpips": m.get("tlpips"), "d_loss": m.get("d_loss"), "resumed_from": m.get("resumed_from"),
+               "export": cfg.out, "checkpoint": result.checkpoint.path, "seconds": round(time.time() - t0, 1)}
+    print(f"[distill] done: {json.dumps(summary)}", flush=True)
+    return summary
