@@ -38,6 +38,7 @@ class TrainRunConfig:
     deepspeed_config: str = "configs/deepspeed_zero2.json"  # ZeRO stage, precision, micro-batch
     zero_stage: int = -1                       # -1: keep the config file's stage
     max_failures: int = 1                      # worker failures tolerated before giving up
+    keep_checkpoints: int = 3                  # newest checkpoints kept in storage (older ones deleted)
     checkpoint_every: int = 50                 # steps between checkpoints
     report_every: int = 10                     # steps between metric reports
     fail_at_step: int = -1                     # fault injection (tests): rank 0 dies once here
@@ -177,7 +178,7 @@ def _storage_filesystem(storage_path: str):
 def run(train_loop: Callable[[dict], None], loop_config: dict, run: TrainRunConfig):
     """Run `train_loop` on `run.num_workers` Ray Train workers with DeepSpeed."""
     import ray
-    from ray.train import FailureConfig, RunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
     if not ray.is_initialized():
@@ -189,6 +190,7 @@ def run(train_loop: Callable[[dict], None], loop_config: dict, run: TrainRunConf
         scaling_config=ScalingConfig(num_workers=run.num_workers, use_gpu=run.use_gpu),
         torch_config=TorchConfig(backend="nccl" if run.use_gpu else "gloo"),
         run_config=RunConfig(name=run.run_name, storage_path=path, storage_filesystem=filesystem,
-                             failure_config=FailureConfig(max_failures=run.max_failures)),
+                             failure_config=FailureConfig(max_failures=run.max_failures),
+                             checkpoint_config=CheckpointConfig(num_to_keep=run.keep_checkpoints)),
     )
     return trainer.fit()

@@ -4,8 +4,15 @@ from __future__ import annotations
 import os
 
 import pytest
+import torch
 
 from tests.s3server import S3Server
+
+# Tiny models gain nothing from a second thread, and on a busy 2-core machine (Ray
+# workers, DataLoader workers, the S3 server) OpenMP spin-waiting made some steps 25x
+# slower. Each test process, and the Ray workers it starts, uses one thread.
+torch.set_num_threads(1)
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
 @pytest.fixture(scope="session")
