@@ -41,8 +41,8 @@ class DemoConfig:
     drfa_steps: int = 40         # DRFA pretraining steps (tiny, CPU)
     prior_steps: int = 120       # prior training steps, VAE stage included (tiny, CPU)
     distill_steps: int = 12      # distillation steps (tiny, CPU)
-    eval_frames: int = 16        # frames of the held-out piece restored and evaluated
-    teacher_steps: int = 10      # teacher sampler steps in the comparison
+    eval_frames: int = 12        # frames of the held-out piece restored and evaluated
+    teacher_steps: int = 8       # teacher sampler steps in the comparison
     workers: int = 2             # Ray Train workers for the training stages
     stop_after: str = ""         # stop after this stage (e.g. "shards"); empty = run them all
 
