@@ -30,11 +30,11 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
+import numpy as np
+import torch
+import torch.nn.functional as F
 
-from pipelines import train_prior as tp  # noqa: E402
+from pipelines import train_prior as tp
 
 
 def parse_args(argv=None):
@@ -143,7 +143,7 @@ def scores(pred: torch.Tensor, ref: torch.Tensor) -> dict[str, float]:
     from skimage.metrics import structural_similarity
 
     pred, ref = pred.clamp(0, 1).double(), ref.double()
-    psnr = lambda a, b: float(-10 * math.log10(max(F.mse_loss(a, b).item(), 1e-12)))  # noqa: E731
+    psnr = lambda a, b: float(-10 * math.log10(max(F.mse_loss(a, b).item(), 1e-12)))
     yp, yr = y_channel(pred), y_channel(ref)
     return {"psnr_rgb": psnr(pred, ref), "psnr_y": psnr(yp, yr),
             "ssim_rgb": float(structural_similarity(pred.permute(1, 2, 0).numpy(), ref.permute(1, 2, 0).numpy(),

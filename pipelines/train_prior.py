@@ -30,7 +30,6 @@ import json
 import math
 import os
 import time
-from typing import Iterator
 
 import numpy as np
 import torch
@@ -64,7 +63,7 @@ class PriorTrainConfig(tc.TrainRunConfig):
     grad_clip: float = 1.0               # gradient norm clip (diffusers' examples)
     max_noise_level: int = 350           # low-res augmentation level ~ U[0, max) (SD x4 training: 350)
     kl_weight: float = 1e-6              # KL per latent element vs L1 per pixel (LDM's order of magnitude)
-    anchor_weight: float = 1.0           # pull latent ch 0..2 to the 4x4 box average (tiny VAE); 0: off
+    anchor_weight: float = -1.0          # pull latent ch 0..2 to the 4x4 box average; -1: 1 for tiny, else 0
     sample_posterior: bool = False       # VAE recon from a posterior sample; False: its mode (as encode() in use)
     scale_batches: int = 8               # batches to fit the VAE scaling factor 1/std(latents) on
     loader_workers: int = 1              # DataLoader worker processes per Ray worker (shards)
@@ -83,7 +82,8 @@ def resolve(cfg: PriorTrainConfig) -> PriorTrainConfig:
         raise ValueError(f"vae_steps ({vae_steps}) must leave UNet steps: 0 <= vae_steps < steps ({cfg.steps})")
     if not 0 < cfg.max_noise_level <= 1000:
         raise ValueError(f"max_noise_level must be in (0, 1000], got {cfg.max_noise_level}")
-    return dataclasses.replace(cfg, vae_steps=vae_steps, joint_decoder=joint)
+    anchor = cfg.anchor_weight if cfg.anchor_weight >= 0 else float(tiny)
+    return dataclasses.replace(cfg, vae_steps=vae_steps, joint_decoder=joint, anchor_weight=anchor)
 
 
 # --------------------------------------------------------------------------- models
@@ -165,6 +165,9 @@ class PlainEngine:
     def __call__(self, *args, **kwargs):
         return self.module(*args, **kwargs)
 
+    def parameters(self):
+        return self.module.parameters()
+
     def backward(self, loss: torch.Tensor) -> None:
         loss.backward()
 
@@ -198,7 +201,7 @@ def load_sample_frames(names: list[str], split: str = "train", max_side: int = 6
     for name in names:
         frames = torch.from_numpy(read_frames(sample_video(name))).permute(0, 3, 1, 2)  # (N, 3, H, W)
         n = len(frames)
-        cut = int(round(n * (1 - HELD_OUT_FRACTION)))
+        cut = round(n * (1 - HELD_OUT_FRACTION))
         frames = frames[:cut] if split == "train" else frames[cut:]
         h, w = frames.shape[-2:]
         if max(h, w) > max_side:
@@ -248,9 +251,6 @@ class SampleFramePairs:
         if self.rng.random() < 0.5:
             hq = hq.flip(-1)
         return degrade_pairs(hq, self.degrade, s, self.rng), hq
-
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        raise TypeError("use .batch(batch_size)")
 
 
 def _crop_pairs(lq: torch.Tensor, hq: torch.Tensor, patch: int, scale: int, gen: torch.Generator):
@@ -349,6 +349,7 @@ def encode_latents(vae, hq: torch.Tensor, scaling: float) -> torch.Tensor:
 def diffusion_objective(unet, latents: torch.Tensor, lq: torch.Tensor, scheduler, low_res_scheduler,
                         prompt_embeds: torch.Tensor, max_noise_level: int) -> tuple[torch.Tensor, dict]:
     """The x4 upscaler's training loss on scaled latents (B, 4, h, w) and low-res lq (B, 3, h, w).
+    `unet`: the UNet, or an engine wrapping it (the forward then goes through DeepSpeed).
 
     x_t = sqrt(ab_t) x0 + sqrt(1 - ab_t) eps, t ~ U{0..T-1}; the low-res frame (in [-1, 1]) is
     noised with the low_res_scheduler at level ~ U{0..max-1}, which is also the class label;
@@ -401,7 +402,7 @@ def prior_step(engines: dict, parts: PriorParts, lq: torch.Tensor, hq: torch.Ten
     unet = engines["unet"]
     vae_module = engines["vae"].module if "vae" in engines else parts.vae
     latents = encode_latents(vae_module, hq, parts.scaling)
-    loss, metrics = diffusion_objective(unet.module, latents, lq, parts.scheduler, parts.low_res_scheduler,
+    loss, metrics = diffusion_objective(unet, latents, lq, parts.scheduler, parts.low_res_scheduler,
                                         parts.prompt_embeds, cfg.max_noise_level)
     unet.backward(loss)
     unet.step()
@@ -417,10 +418,11 @@ def prior_step(engines: dict, parts: PriorParts, lq: torch.Tensor, hq: torch.Ten
 @torch.no_grad()
 def fit_scaling_factor(vae, hq_batches: list[torch.Tensor]) -> float:
     """1 / std of the posterior-mode latents (LDM's rule), averaged over all Ray workers."""
-    s = torch.zeros(3, dtype=torch.float64)
+    device = next(vae.parameters()).device       # nccl reduces device tensors only
+    s = torch.zeros(3, dtype=torch.float64, device=device)
     for hq in hq_batches:
-        z = encode_latents(vae, hq, 1.0).double()
-        s += torch.stack([z.sum(), (z * z).sum(), torch.tensor(float(z.numel()), dtype=torch.float64)]).cpu()
+        z = encode_latents(vae, hq.to(device), 1.0).double()
+        s += torch.stack([z.sum(), (z * z).sum(), torch.tensor(float(z.numel()), dtype=torch.float64, device=device)])
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.all_reduce(s)
     total, sq, n = s.tolist()
@@ -538,7 +540,7 @@ def train_loop_per_worker(config: dict) -> None:
             vae_w = weights.get("vae") or {k: v.detach().float().cpu() for k, v in bundle.vae.state_dict().items()}
             scaling = parts.scaling
             tc.save_checkpoint(engines, step, metrics,
-                               export=lambda d: export_prior(bundle, weights["unet"], vae_w, scaling, d),
+                               export=lambda d, u=weights["unet"], v=vae_w, sc=scaling: export_prior(bundle, u, v, sc, d),
                                extra_state={"epoch": epoch, **({"scaling": scaling} if fitted else {})})
         elif step % cfg.report_every == 0:
             ray.train.report(metrics)

@@ -66,7 +66,7 @@ def trained(source):
 
 
 def test_tiny_prior_losses_fall(trained):
-    bundle, parts, _, log = trained
+    _, parts, _, log = trained
     assert log["vae_after"] < 0.85 * log["vae_before"], log
     assert 0.1 < parts.scaling < 100 and parts.scaling != pytest.approx(0.08333)
     assert log["unet_after"] < 0.8 * log["unet_before"], log
