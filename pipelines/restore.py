@@ -207,20 +207,6 @@ def _dtype(name: str, device: torch.device) -> torch.dtype:
             "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}[name]
 
 
-@contextlib.contextmanager
-def _local_model_dir(url: str) -> Iterator[str]:
-    """A local directory with the model (downloaded once when it lives on S3)."""
-    if not storage.is_remote(url):
-        yield url
-        return
-    import tempfile
-
-    fs, path = storage.filesystem(url)
-    with tempfile.TemporaryDirectory(prefix="d2vr-model-") as tmp:
-        fs.get(path.rstrip("/") + "/", tmp, recursive=True)
-        yield tmp
-
-
 def load_restorer(cfg: RestoreConfig, device: torch.device | str | None = None) -> Restorer:
     """The restorer named by `cfg.model`, on `device`, wrapped for tiling when cfg.tile > 0.
 
@@ -239,7 +225,7 @@ def load_restorer(cfg: RestoreConfig, device: torch.device | str | None = None) 
 def _load_upscaler(cfg: RestoreConfig, device: torch.device):
     from models.upscaler import SectionTimer, UpscalerConfig, VideoUpscaler
 
-    with _local_model_dir(cfg.model) as path:
+    with storage.local_dir(cfg.model) as path:
         if not os.path.isdir(os.path.join(path, "unet")):
             raise ValueError(f"--model {cfg.model}: not an upscaler directory (no unet/ inside)")
         student = os.path.join(path, "student")

@@ -210,3 +210,16 @@ def local_copy(url: str) -> Iterator[str]:
         fs.get_file(path, local)
         yield local
 
+
+
+@contextlib.contextmanager
+def local_dir(url: str) -> Iterator[str]:
+    """A local folder with the content of `url` (downloaded once from s3://); anything
+    that is not remote (a local folder, a hub id, a built-in model name) passes through."""
+    if not is_remote(url):
+        yield url
+        return
+    fs, path = filesystem(url)
+    with tempfile.TemporaryDirectory(prefix="d2vr-dir-") as tmpdir:
+        fs.get(path.rstrip("/") + "/", tmpdir, recursive=True)
+        yield tmpdir

@@ -65,13 +65,10 @@ restorer.json (the frozen parts are written once, at the end).
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import os
-import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -213,19 +210,6 @@ def _dtype(name: str) -> torch.dtype:
     return table[name]
 
 
-@contextlib.contextmanager
-def _local_dir(url: str) -> Iterator[str]:
-    """A local folder with the content of `url` (downloaded once from s3://); anything else
-    (a local folder, a hub id, a built-in name) passes through unchanged."""
-    if not storage.is_remote(url):
-        yield url
-        return
-    fs, path = storage.filesystem(url)
-    with tempfile.TemporaryDirectory(prefix="d2vr-model-") as tmp:
-        fs.get(path.rstrip("/") + "/", tmp, recursive=True)
-        yield tmp
-
-
 # --------------------------------------------------------------------------- models
 
 
@@ -241,7 +225,7 @@ def build_models(cfg: DistillTrainConfig, device: torch.device | str = "cpu", dt
     from pipelines.train_distill_step import DistillModels
 
     device = torch.device(device)
-    with _local_dir(cfg.teacher) as teacher:
+    with storage.local_dir(cfg.teacher) as teacher:
         bundle = load_bundle(teacher, prompt=cfg.prompt, seed=cfg.model_seed)
     flow_net = None
     if cfg.flow.lower() != "none":
@@ -355,7 +339,7 @@ def export_model(folder: str | os.PathLike, models, cfg: DistillTrainConfig, *, 
         else:                                # bf16 / GPU copies: save the fp32 source instead
             from models.presets import load_bundle
 
-            with _local_dir(cfg.teacher) as teacher:
+            with storage.local_dir(cfg.teacher) as teacher:
                 load_bundle(teacher, prompt=cfg.prompt, seed=cfg.model_seed).save_pretrained(out)
         if up.flow_net is not None:
             from models.flow import save as save_flow
@@ -378,7 +362,7 @@ def load_restorer(path: str | os.PathLike, device: torch.device | str = "cpu", d
     Restore with `.restore_clip(lq (T, 3, h, w))` / `.restore_frame(lq, state)`."""
     from models.upscaler import UpscalerConfig, VideoUpscaler
 
-    with _local_dir(str(path)) as local:
+    with storage.local_dir(str(path)) as local:
         if not os.path.isdir(os.path.join(local, "unet")):
             raise ValueError(f"load_restorer: {path} is not a model folder (no unet/ inside)")
         meta_path = os.path.join(local, RESTORER_JSON)
