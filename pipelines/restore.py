@@ -212,7 +212,8 @@ def load_restorer(cfg: RestoreConfig, device: torch.device | str | None = None) 
 
     A model directory holds the upscaler bundle (`unet/ vae/ scheduler/ low_res_scheduler/
     prompt_embeds.safetensors`, `UpscalerBundle.save_pretrained`), optionally a trained
-    student UNet in `student/` and the DRFA flow net as `flow.safetensors` (or `flow/*.safetensors`).
+    student UNet in `student/`, the DRFA flow net as `flow.safetensors`, and the settings it was
+    trained with in `restorer.json` (what jobs/distill.py exports).
     """
     device = torch.device(device) if device is not None else _device(cfg)
     if cfg.model == "bicubic":
@@ -223,35 +224,20 @@ def load_restorer(cfg: RestoreConfig, device: torch.device | str | None = None) 
 
 
 def _load_upscaler(cfg: RestoreConfig, device: torch.device):
-    from models.upscaler import SectionTimer, UpscalerConfig, VideoUpscaler
+    """The model folder exported by jobs/distill.py, with the settings it was trained with
+    (its restorer.json); --flow-iters, when given, overrides the flow net's default."""
+    from models.upscaler import SectionTimer
+    from pipelines.train_distill import load_restorer as load_model_folder
 
-    with storage.local_dir(cfg.model) as path:
-        if not os.path.isdir(os.path.join(path, "unet")):
-            raise ValueError(f"--model {cfg.model}: not an upscaler directory (no unet/ inside)")
-        student = os.path.join(path, "student")
-        flow_net = _load_flow_net(path)
-        up = VideoUpscaler.from_config(
-            UpscalerConfig(pretrained=path, flow_iters=cfg.flow_iters or None), flow_net,
-            student_unet=student if os.path.isdir(student) else None, device=device,
-            dtype=_dtype(cfg.dtype, device), vae_dtype=_dtype(cfg.vae_dtype, device))
-    up.eval()
+    overrides = {"flow_iters": cfg.flow_iters} if cfg.flow_iters else {}
+    try:
+        up = load_model_folder(cfg.model, device, dtype=_dtype(cfg.dtype, device),
+                               vae_dtype=_dtype(cfg.vae_dtype, device), **overrides)
+    except ValueError as exc:
+        raise ValueError(f"--model {cfg.model}: not an upscaler directory ({exc})") from exc
     if cfg.profile:
         up.timer = SectionTimer()
     return up
-
-
-def _load_flow_net(model_dir: str):
-    """The DRFA flow net saved with the model (`flow.safetensors`, `models.flow.save`), or
-    None: the previous restored frame is then used unwarped (zero flow)."""
-    import glob as globlib
-
-    found = sorted(globlib.glob(os.path.join(model_dir, "flow.safetensors"))
-                   + globlib.glob(os.path.join(model_dir, "flow", "*.safetensors")))
-    if not found:
-        return None
-    from models.flow import load
-
-    return load(found[0])
 
 
 # --------------------------------------------------------------------------- one video

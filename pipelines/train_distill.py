@@ -356,9 +356,10 @@ def export_model(folder: str | os.PathLike, models, cfg: DistillTrainConfig, *, 
 
 
 def load_restorer(path: str | os.PathLike, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
-                  vae_dtype: torch.dtype | None = None):
+                  vae_dtype: torch.dtype | None = None, **overrides):
     """The `VideoUpscaler` of an export folder (local or s3://), in eval mode, with the
-    student, the DRFA and the upscaler settings it was trained with (`restorer.json`).
+    student, the DRFA and the upscaler settings it was trained with (`restorer.json`;
+    `overrides` replace single `UpscalerConfig` fields, e.g. flow_iters at inference).
     Restore with `.restore_clip(lq (T, 3, h, w))` / `.restore_frame(lq, state)`."""
     from models.upscaler import UpscalerConfig, VideoUpscaler
 
@@ -368,6 +369,7 @@ def load_restorer(path: str | os.PathLike, device: torch.device | str = "cpu", d
         meta_path = os.path.join(local, RESTORER_JSON)
         meta = json.loads(Path(meta_path).read_text()) if os.path.isfile(meta_path) else {}
         fields = dict(meta.get("upscaler", {}))
+        fields.update(overrides)
         if "student_timesteps" in fields:
             fields["student_timesteps"] = tuple(fields["student_timesteps"])
         flow_net = None
