@@ -78,8 +78,7 @@ DRIVER = textwrap.dedent("""
 """)
 
 
-@pytest.mark.slow
-def test_autoscaling_up_and_down_on_one_machine(tmp_path):
+def _autoscale_once(tmp_path) -> subprocess.CompletedProcess:
     config = tmp_path / "fake_cluster.yaml"
     cluster = LocalCluster(num_cpus=1, autoscaling_config=str(config),
                            env={"RAY_FAKE_CLUSTER": "1", "AUTOSCALER_UPDATE_INTERVAL_S": "1"})
@@ -88,12 +87,21 @@ def test_autoscaling_up_and_down_on_one_machine(tmp_path):
     config.write_text(json.dumps(fake))
     cluster.start()
     try:
-        out = cluster.run([sys.executable, "-c", DRIVER], timeout=400)
-        assert out.returncode == 0, out.stderr[-3000:]
-        figures = json.loads(out.stdout.strip().splitlines()[-1])
-        print("autoscaling:", figures)
-        assert figures["before"] == 1, figures                 # the head alone
-        assert figures["scaled_up"] >= 2, figures              # worker nodes were launched
-        assert figures["after_idle"] == 1, figures             # and removed when idle
+        return cluster.run([sys.executable, "-c", DRIVER], timeout=400)
     finally:
         cluster.stop()
+
+
+@pytest.mark.slow
+def test_autoscaling_up_and_down_on_one_machine(tmp_path):
+    out = _autoscale_once(tmp_path)
+    if out.returncode != 0 and "NodeDiedError" in out.stderr:
+        # Seen only while other Ray clusters ran on the same machine: the fake provider
+        # starts worker raylets on default ports, and one launch can collide. One fresh try.
+        out = _autoscale_once(tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    figures = json.loads(out.stdout.strip().splitlines()[-1])
+    print("autoscaling:", figures)
+    assert figures["before"] == 1, figures                 # the head alone
+    assert figures["scaled_up"] >= 2, figures              # worker nodes were launched
+    assert figures["after_idle"] == 1, figures             # and removed when idle
