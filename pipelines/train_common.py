@@ -8,7 +8,8 @@ DeepSpeed-specific lines they have in common, kept apart from the maths:
   precision resolved for the device (bf16 on GPU when "auto", fp32 on CPU).
 - `init_engine`: `deepspeed.initialize` with a torch optimizer we pass in (DeepSpeed
   would otherwise JIT-compile its CPU Adam) and `dist_init_required=False` (Ray Train
-  already set up the process group: gloo on CPU, nccl on GPU).
+  already set up the process group: gloo on CPU, nccl on GPU). On CPU it also tells
+  DeepSpeed not to JIT-compile its shared-memory all-reduce op (`skip_cpu_shm_comm_op`).
 - `save_checkpoint` / `latest_checkpoint_dir`: DeepSpeed state (all ranks) plus
   safetensors weights and a JSON of the step (rank 0) in one directory, reported to Ray
   Train so that a worker failure restarts from it, and also findable by a fresh run with
@@ -70,10 +71,28 @@ def load_deepspeed_config(path: str, micro_batch: int, use_gpu: bool, zero_stage
     return cfg
 
 
+def skip_cpu_shm_comm_op() -> None:
+    """On a CPU-only machine, stop DeepSpeed compiling its shared-memory all-reduce op.
+
+    DeepSpeed's torch backend builds `deepspeed_shm_comm` (C++, via ninja) whenever the
+    accelerator is the CPU: ~50-75 s on a fresh 2-core machine, once per cache. Only
+    `inference_all_reduce` (DeepSpeed inference / AutoTP) uses it; training collectives go
+    through torch.distributed (gloo), so marking the op incompatible changes nothing we run.
+    DeepSpeed keeps its probe result in one dict (`deepspeed.ops.__compatible_ops__`) for
+    exactly such edits. No-op where CUDA is available.
+    """
+    if torch.cuda.is_available():
+        return
+    import deepspeed.ops
+
+    deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+
+
 def init_engine(model: torch.nn.Module, optimizer: torch.optim.Optimizer, ds_config: dict,
                 lr_scheduler=None):
     import deepspeed
 
+    skip_cpu_shm_comm_op()
     engine, optimizer, _, lr_scheduler = deepspeed.initialize(
         model=model, optimizer=optimizer, lr_scheduler=lr_scheduler, config=ds_config,
         dist_init_required=False,
