@@ -205,7 +205,11 @@ def main(argv=None) -> int:
     total = time.time()
     import ray
 
-    ray.init(num_cpus=max(4, os.cpu_count() or 2), include_dashboard=False, log_to_driver=True)
+    # The dashboard also serves Ray's State API, which Ray Train's placement-group cleaner
+    # polls (without it, it warns every second and cannot clean up after a dead controller).
+    context = ray.init(num_cpus=max(4, os.cpu_count() or 2), include_dashboard=True, log_to_driver=True)
+    if context.dashboard_url:
+        print(f"[demo] Ray dashboard: http://{context.dashboard_url}", flush=True)
     for name, fn in STAGES:
         if name in state:
             print(f"[demo] {name}: done in an earlier run, skipping ({state[name]['seconds']:.1f} s then)")
@@ -219,6 +223,7 @@ def main(argv=None) -> int:
         print(f"[demo] {name}: {json.dumps(result)}", flush=True)
         if name == cfg.stop_after:
             break
+    ray.shutdown()   # flushes the workers' last log lines, so the report path is printed last
     print("[demo] stage times: " + ", ".join(f"{k} {v['seconds']:.0f} s" for k, v in state.items()))
     print(f"[demo] finished in {time.time() - total:.1f} s; every output is under {run_dir}")
     if "evaluate" in state:
