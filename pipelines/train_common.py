@@ -202,6 +202,10 @@ def run(train_loop: Callable[[dict], None], loop_config: dict, run: TrainRunConf
 
     if not ray.is_initialized():
         ray.init(runtime_env={"env_vars": {k: v for k, v in os.environ.items() if k.startswith("AWS_")}})
+    # Ray Train V2 reroutes print() on workers into its logger and, where stdout is
+    # wrapped (as in Ray workers), also prints it: every progress line came out twice.
+    # Plain print() it is; the driver passes this variable on to the workers.
+    os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
     filesystem, path = _storage_filesystem(run.storage_path)
     trainer = TorchTrainer(
         train_loop,
