@@ -196,34 +196,47 @@ STAGES = [("probe", stage_probe), ("shards", stage_shards), ("drfa", stage_drfa)
           ("teacher", stage_teacher), ("evaluate", stage_evaluate)]
 
 
+def _start_ray() -> None:
+    """A local Ray for this run (only when some stage still has to run).
+
+    The dashboard also serves Ray's State API, which Ray Train's placement-group cleaner
+    polls (without it, it warns every second and cannot clean up after a dead controller)."""
+    import ray
+
+    context = ray.init(num_cpus=max(4, os.cpu_count() or 2), include_dashboard=True, log_to_driver=True)
+    if context.dashboard_url:
+        print(f"[demo] Ray dashboard: http://{context.dashboard_url}", flush=True)
+
+
 def main(argv=None) -> int:
     cfg = cli.parse(DemoConfig, argv, description=__doc__)
     run_dir = os.path.abspath(cfg.run_dir)
     storage.makedirs(run_dir)
     state_path = os.path.join(run_dir, "stages.json")
     state = {} if cfg.restart or not os.path.exists(state_path) else json.load(open(state_path))
+    names = [name for name, _ in STAGES]
+    if cfg.stop_after and cfg.stop_after not in names:
+        raise SystemExit(f"demo: --stop-after {cfg.stop_after!r} is not a stage; the stages are {', '.join(names)}")
     total = time.time()
     import ray
 
-    # The dashboard also serves Ray's State API, which Ray Train's placement-group cleaner
-    # polls (without it, it warns every second and cannot clean up after a dead controller).
-    context = ray.init(num_cpus=max(4, os.cpu_count() or 2), include_dashboard=True, log_to_driver=True)
-    if context.dashboard_url:
-        print(f"[demo] Ray dashboard: http://{context.dashboard_url}", flush=True)
     for name, fn in STAGES:
         if name in state:
             print(f"[demo] {name}: done in an earlier run, skipping ({state[name]['seconds']:.1f} s then)")
-            continue
-        print(f"[demo] {name}: running ...", flush=True)
-        t0 = time.time()
-        result = fn(cfg, run_dir)
-        result["seconds"] = round(time.time() - t0, 1)
-        state[name] = result
-        storage.write_text(state_path, json.dumps(state, indent=2))
-        print(f"[demo] {name}: {json.dumps(result)}", flush=True)
+        else:
+            if not ray.is_initialized():
+                _start_ray()
+            print(f"[demo] {name}: running ...", flush=True)
+            t0 = time.time()
+            result = fn(cfg, run_dir)
+            result["seconds"] = round(time.time() - t0, 1)
+            state[name] = result
+            storage.write_text(state_path, json.dumps(state, indent=2))
+            print(f"[demo] {name}: {json.dumps(result)}", flush=True)
         if name == cfg.stop_after:
             break
-    ray.shutdown()   # flushes the workers' last log lines, so the report path is printed last
+    if ray.is_initialized():
+        ray.shutdown()   # flushes the workers' last log lines, so the report path is printed last
     print("[demo] stage times: " + ", ".join(f"{k} {v['seconds']:.0f} s" for k, v in state.items()))
     print(f"[demo] finished in {time.time() - total:.1f} s; every output is under {run_dir}")
     if "evaluate" in state:
