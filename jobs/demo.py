@@ -179,6 +179,19 @@ def stage_teacher(cfg: DemoConfig, run_dir: str) -> dict:
             "output": os.path.dirname(out_path)}
 
 
+DEMO_ABOUT = (
+    "DEMO RUN: every model here is tiny (a 0.8 M-parameter DRFA, a 2.6 M-parameter x4 UNet and "
+    "a 1 M-parameter VAE) and was trained for minutes on one CPU on one sample video "
+    "({cfg.drfa_steps} DRFA, {cfg.prior_steps} prior and {cfg.distill_steps} distillation steps). "
+    "These numbers show that every stage runs end to end; they say nothing about what D2-VR "
+    "achieves (a tiny prior trained this briefly is expected to score below bicubic). For the real restorer: "
+    "distill from the pretrained Stable Diffusion x4 upscaler "
+    "(jobs/distill.py --teacher stabilityai/stable-diffusion-x4-upscaler) with a full-size DRFA "
+    "(jobs/pretrain_drfa.py --preset full) on a GPU cluster; see README.md, 'From the demo to "
+    "the real thing'."
+)
+
+
 def stage_evaluate(cfg: DemoConfig, run_dir: str) -> dict:
     import evaluate as evaluate_job  # jobs/evaluate.py (this script's folder is on sys.path)
 
@@ -187,7 +200,7 @@ def stage_evaluate(cfg: DemoConfig, run_dir: str) -> dict:
     out = os.path.join(run_dir, "eval")
     evaluate_job.evaluate(evaluate_job.EvaluateConfig(
         method=methods, gt=os.path.join(run_dir, "gt"), lq=os.path.join(run_dir, "lq"), out=out,
-        lpips_random_backbone=False))
+        lpips_random_backbone=False, about=DEMO_ABOUT.format(cfg=cfg)))
     return {"report": os.path.join(out, "report", "index.html"), "tables": os.path.join(out, "summary.md")}
 
 

@@ -62,6 +62,7 @@ class EvaluateConfig:
     report_frame: int | None = None         # frame index shown in the crops (default: the middle one)
     crop_size: int = 128                    # crop side in restored-video pixels
     lpips_random_backbone: bool = False     # PLUMBING ONLY: untrained AlexNet trunk, labelled, never LPIPS
+    about: str = ""                         # what was evaluated: shown above the tables and atop the report
 
 
 def _log(msg: str) -> None:
@@ -204,9 +205,9 @@ def evaluate(cfg: EvaluateConfig) -> dict:
                    "frames = frames read; the convention decides which are scored",
                    "dataset score = mean over videos of each video's mean over frames"] + notes
     write_tables(out, "per_video", rows, ["method", "video", "frames", *keys], cfg.convention,
-                 title=f"Per video ({mode})", notes=table_notes)
+                 title=f"Per video ({mode})", notes=table_notes, about=cfg.about)
     write_tables(out, "summary", summary, ["method", "videos", "frames", *keys], cfg.convention,
-                 title=f"Mean over videos ({mode})", notes=table_notes)
+                 title=f"Mean over videos ({mode})", notes=table_notes, about=cfg.about)
     avail_lines = ["# Metric availability", "", f"weights searched in: {describe['weights_dirs']}", ""]
     for k in keys:
         status = ("computed with a RANDOM (untrained) AlexNet trunk: plumbing only, not LPIPS"
@@ -226,6 +227,7 @@ def evaluate(cfg: EvaluateConfig) -> dict:
             crop_size=cfg.crop_size, max_frames=cfg.max_frames,
             title=f"d2vr evaluation ({mode}): {', '.join(methods)}",
             notes=table_notes + ["metric availability: see ../availability.md"],
+            about=cfg.about,
             tables=[("Mean over videos", summary, ["method", "videos", "frames", *keys]),
                     ("Per video", rows, ["method", "video", "frames", *keys])])
 

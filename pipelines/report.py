@@ -152,9 +152,12 @@ def convention_caption(convention: str) -> str:
 
 
 def markdown_table(rows: Sequence[Mapping], columns: Sequence[str], convention: str,
-                   title: str | None = None, notes: Sequence[str] = ()) -> str:
-    """A markdown table whose caption names the metric convention."""
+                   title: str | None = None, notes: Sequence[str] = (), about: str = "") -> str:
+    """A markdown table whose caption names the metric convention; `about` (what was
+    evaluated) is quoted above it."""
     lines = [f"## {title}", ""] if title else []
+    if about:
+        lines += [f"> {about}", ""]
     lines += [f"*{convention_caption(convention)}*", ""]
     heads = [_header(c, convention) for c in columns]
     lines.append("| " + " | ".join(h.replace("|", "\\|") for h in heads) + " |")
@@ -168,13 +171,14 @@ def markdown_table(rows: Sequence[Mapping], columns: Sequence[str], convention: 
 
 
 def write_tables(out_dir: str | os.PathLike, stem: str, rows: Sequence[Mapping], columns: Sequence[str],
-                 convention: str, title: str | None = None, notes: Sequence[str] = ()) -> tuple[Path, Path]:
+                 convention: str, title: str | None = None, notes: Sequence[str] = (),
+                 about: str = "") -> tuple[Path, Path]:
     """`<stem>.md` (formatted, captioned) and `<stem>.csv` (full precision, with a
     `convention` column so the file alone says how it was measured)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     md = out_dir / f"{stem}.md"
-    md.write_text(markdown_table(rows, columns, convention, title, notes))
+    md.write_text(markdown_table(rows, columns, convention, title, notes, about))
     path_csv = out_dir / f"{stem}.csv"
     with open(path_csv, "w", newline="") as f:
         writer = csv.writer(f)
@@ -280,6 +284,7 @@ figure { margin: 0; background: white; border: 1px solid #ddd; padding: 4px; }
 figcaption { font-size: 0.85em; padding-top: 3px; max-width: 320px; }
 img.px { image-rendering: pixelated; }
 .note { color: #555; font-size: 0.9em; }
+.about { background: #fff6d6; border: 1px solid #e0c060; padding: 8px 12px; max-width: 900px; }
 """
 
 _LOAD_CHECK = """
@@ -311,8 +316,12 @@ def build_report(out_dir: str | os.PathLike, methods: Mapping[str, str | os.Path
                  convention: str, gt: str | os.PathLike | None = None, lq: str | os.PathLike | None = None,
                  tables: Sequence[tuple[str, Sequence[Mapping], Sequence[str]]] = (),
                  title: str = "d2vr evaluation", video_key: str = "", frame_index: int | None = None,
-                 crop_size: int = 128, notes: Sequence[str] = (), max_frames: int | None = None) -> Path:
+                 crop_size: int = 128, notes: Sequence[str] = (), max_frames: int | None = None,
+                 about: str = "") -> Path:
     """Write `out_dir/index.html` and its PNGs for one video shown by every method.
+
+    `about`: what was evaluated, shown first in a box (e.g. "tiny demo models, trained for
+    minutes"): a reader must not take a demo's numbers for the method's.
 
     `methods`: name -> that method's restored video (file or frame folder) for the shown
     video; `gt`/`lq`: the same video's ground truth / low-quality input, if any.
@@ -395,6 +404,7 @@ def build_report(out_dir: str | os.PathLike, methods: Mapping[str, str | os.Path
         f"<title>{html.escape(title)}</title><style>{_STYLE}</style></head>",
         f'<body data-convention="{html.escape(convention)}">',
         f"<h1>{html.escape(title)}</h1>",
+        *([f'<p class="about">{html.escape(about)}</p>'] if about else []),
         f'<p class="note"><b>Metric convention:</b> {html.escape(conv.describe())}</p>',
     ]
     parts += [f'<p class="note">{html.escape(n)}</p>' for n in notes]

@@ -57,7 +57,8 @@ def test_paired_two_methods_end_to_end(dataset, tmp_path, capsys):
     argv = ["--gt", str(dataset / "gt"), "--lq", str(dataset / "lq"),
             "--method", f"bicubic={dataset / 'bicubic'}", "--method", f"student={dataset / 'student'}",
             "--metrics", "psnr", "ssim", "lpips", "tof", "tlpips", "ewarp", "niqe", "musiq",
-            "--weights-dir", str(tmp_path / "weights"), "--lpips-random-backbone", "--out", str(out)]
+            "--weights-dir", str(tmp_path / "weights"), "--lpips-random-backbone", "--out", str(out),
+            "--about", "Tiny <demo> models"]
     assert job.main(argv) == 0
     log = capsys.readouterr().out
     assert log.count("[evaluate] ") >= 5 and "4/4 student 001" in log
@@ -79,6 +80,7 @@ def test_paired_two_methods_end_to_end(dataset, tmp_path, capsys):
         float(r["tof"]), float(r["ewarp"]), float(r["ssim"])
 
     summary = (out / "summary.md").read_text()
+    assert summary.splitlines()[2] == "> Tiny <demo> models"               # said before the table
     assert "Metric convention: tecogan (TecoGAN metrics.py)" in summary
     assert "| bicubic | 2 | 16 |" in summary and "| student | 2 | 16 |" in summary
     assert "random backbone: not LPIPS" in summary
@@ -89,6 +91,7 @@ def test_paired_two_methods_end_to_end(dataset, tmp_path, capsys):
     assert json.loads((out / "config.json").read_text())["method"] == [f"bicubic={dataset / 'bicubic'}",
                                                                         f"student={dataset / 'student'}"]
     page = (out / "report" / "index.html").read_text()
+    assert '<p class="about">Tiny &lt;demo&gt; models</p>' in page
     for name in ("crops/LQ_bicubic.png", "crops/bicubic.png", "crops/student.png", "crops/GT.png",
                  "profiles/student.png"):
         assert f'src="{name}"' in page and (out / "report" / name).is_file()
