@@ -37,11 +37,15 @@ fi
 
 echo "setup: installing d2vr into $VENV (torch $torch_version) ..."
 start=$(date +%s)
-# --no-compile: pip would byte-compile all ~23,000 installed modules (about half of the
-# install's time on 2 cores); Python compiles the few thousand that are used on first import.
+# pip byte-compiles the ~23,000 installed modules one at a time (about half of the install
+# on 2 cores); compileall does the same on every core. The .pyc files matter: with
+# PYTHONDONTWRITEBYTECODE set (as on some CI images) nothing would ever cache them, and
+# every Ray worker would recompile torch on import. A file that does not compile (Python 2
+# leftovers in some packages) is skipped, as pip skips it.
 "$PY" -m pip install --quiet --disable-pip-version-check --no-compile \
   -c "$VENV/d2vr/constraints.txt" -e ".[test]"
 site=$("$PY" -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")
+"$PY" -m compileall -qq -j 0 "$site" || true
 echo "import models.torchvision_compat as _c; _c.install()" > "$site/d2vr_torchvision_compat.pth"
 echo "$want" > "$stamp"
 echo "setup: done in $(( $(date +%s) - start )) s"
