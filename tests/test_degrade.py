@@ -31,8 +31,6 @@ from degrade import (
 from degrade.config import OFF
 from degrade.jpeg import jpeg
 
-torch.set_num_threads(1)
-
 
 def photo_clip(frames: int = 3, h: int = 96, w: int = 128, shift: int = 2, name: str = "astronaut") -> torch.Tensor:
     """(T, 3, h, w) panning crops of a real photo."""

@@ -11,8 +11,6 @@ import torch.nn.functional as F
 from degrade import FlowPairConfig, degrade_flow_pair, make_flow_pair, preset
 from models.flow.warp import backward_warp
 
-torch.set_num_threads(1)
-
 
 def photo(name: str) -> torch.Tensor:
     return torch.from_numpy(getattr(skimage.data, name)()).permute(2, 0, 1).float() / 255.0

@@ -4,12 +4,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import skimage.data
-import torch
 from PIL import Image
 
 from degrade import preview
-
-torch.set_num_threads(1)
 
 
 def test_sheet_from_an_image(tmp_path):

@@ -1,23 +1,12 @@
 """The latent discriminator: a trainable copy of the prior's encoder with per-level heads."""
 from __future__ import annotations
 
-import pytest
 import torch
 
 from models.discriminator import LatentDiscriminator
 from models.presets import build_random_bundle, discriminator_preset, upscaler_preset
 from models.upscaler import VideoUpscaler
 from pipelines.train_distill_step import AdversarialBatch, DistillConfig, DistillModels, discriminator_step
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models on a shared 2-core machine: one intra-op thread avoids OpenMP spin-waits
-    that make these small ops 10x+ slower when the cores are oversubscribed."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def tiny_parts():

@@ -28,15 +28,6 @@ HQ = 32           # HQ crop (px): LQ 8x8, latents 8x8; the tiny DRFA sees the LQ
 CLIP = 2          # frames per training clip
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models on a shared 2-core machine: one intra-op thread (no OpenMP spin-waits)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def assets(tmp_path_factory):
     """A saved tiny prior, a saved tiny DRFA (random weights) and tiny clip shards."""

@@ -22,14 +22,6 @@ from pipelines.flow_eval import (
 PRESETS = ("clean", "light", "medium", "heavy")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)
-
-
 @pytest.fixture(scope="module")
 def heldout_bikes():
     return load_frames(["bikes"], "heldout", 0.2, min_side=128)

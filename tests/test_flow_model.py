@@ -24,16 +24,6 @@ from models.flow import (
 from models.flow.attention import GlobalAttention
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors gain nothing from intra-op threads, and on a shared 2-core machine two
-    OpenMP threads made a training step ~30x slower (5-9 s vs 0.15-0.27 s)."""
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)
-
-
 @pytest.fixture(scope="module")
 def astronaut() -> torch.Tensor:
     """(3, 256, 256) float: skimage's astronaut at half size (more texture per crop)."""

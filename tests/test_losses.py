@@ -14,16 +14,6 @@ from models.losses import (LossWeights, TemporalLPIPS, discriminator_adversarial
                            total_loss)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models on a shared 2-core machine: one intra-op thread avoids OpenMP spin-waits
-    that make these small ops 10x+ slower when the cores are oversubscribed."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def tlpips():
     torch.manual_seed(0)

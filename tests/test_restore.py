@@ -24,16 +24,6 @@ from pipelines.tiling import TileConfig, TiledRestorer, tile_spans
 from tests.media import corrupt_file, shots_video
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """One intra-op thread: on a shared 2-CPU machine two threads that wait on each other
-    ran the tiny UNet ~10x slower than one (measured under load)."""
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)
-
-
 def tiny_model_dir(path) -> str:
     """The tiny upscaler saved like a real one, with a 'trained' student (random temporal
     weights, so the output depends on the previous frame) and the flow net when there is one."""

@@ -9,15 +9,6 @@ import torch
 from pipelines import train_prior as tp
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models on a shared 2-core machine: one thread avoids OpenMP spin-waits."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 CFG = tp.resolve(tp.PriorTrainConfig(init="tiny", steps=40, vae_steps=20, batch_size=4, patch=32, vae_crop=32,
                                      degrade="clean", vae_lr=2e-3, lr=1e-3, warmup=0.0, seed=0))
 

@@ -10,16 +10,6 @@ from models.temporal import temporal_channels, upscale_flow
 from models.upscaler import TemporalState, UpscalerBundle, VideoUpscaler
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models on a shared 2-core machine: one intra-op thread avoids OpenMP spin-waits
-    that make these small ops 10x+ slower when the cores are oversubscribed."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def tiny_flow_net():
     """The real tiny DRFA (random weights) once `models.flow` exists, else None (zero flow)."""
     try:
