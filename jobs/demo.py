@@ -180,8 +180,8 @@ def stage_teacher(cfg: DemoConfig, run_dir: str) -> dict:
 
 
 DEMO_ABOUT = (
-    "DEMO RUN: every model here is tiny (a 0.8 M-parameter DRFA, a 2.6 M-parameter x4 UNet and "
-    "a 1 M-parameter VAE) and was trained for minutes on one CPU on one sample video "
+    "DEMO RUN: every model here is tiny (a {drfa:.2f} M-parameter DRFA, a {unet:.2f} M-parameter x4 UNet "
+    "and a {vae:.2f} M-parameter VAE) and was trained for minutes on one CPU on one sample video "
     "({cfg.drfa_steps} DRFA, {cfg.prior_steps} prior and {cfg.distill_steps} distillation steps). "
     "These numbers show that every stage runs end to end; they say nothing about what D2-VR "
     "achieves (a tiny prior trained this briefly is expected to score below bicubic). For the real restorer: "
@@ -192,6 +192,25 @@ DEMO_ABOUT = (
 )
 
 
+def _millions_of_parameters(path: str) -> float:
+    """Tensor elements in a safetensors file, in millions (read from its header only)."""
+    import math
+
+    from safetensors import safe_open
+
+    with safe_open(path, framework="pt") as f:
+        return sum(math.prod(f.get_slice(k).get_shape()) for k in f.keys()) / 1e6
+
+
+def demo_about(cfg: DemoConfig, run_dir: str) -> str:
+    """The report's "DEMO RUN" paragraph, with the sizes of the models this run trained."""
+    weights = "diffusion_pytorch_model.safetensors"
+    return DEMO_ABOUT.format(
+        cfg=cfg, drfa=_millions_of_parameters(os.path.join(run_dir, "drfa", "drfa.safetensors")),
+        unet=_millions_of_parameters(os.path.join(run_dir, "prior", "unet", weights)),
+        vae=_millions_of_parameters(os.path.join(run_dir, "prior", "vae", weights)))
+
+
 def stage_evaluate(cfg: DemoConfig, run_dir: str) -> dict:
     import evaluate as evaluate_job  # jobs/evaluate.py (this script's folder is on sys.path)
 
@@ -200,7 +219,7 @@ def stage_evaluate(cfg: DemoConfig, run_dir: str) -> dict:
     out = os.path.join(run_dir, "eval")
     evaluate_job.evaluate(evaluate_job.EvaluateConfig(
         method=methods, gt=os.path.join(run_dir, "gt"), lq=os.path.join(run_dir, "lq"), out=out,
-        lpips_random_backbone=False, about=DEMO_ABOUT.format(cfg=cfg)))
+        lpips_random_backbone=False, about=demo_about(cfg, run_dir)))
     return {"report": os.path.join(out, "report", "index.html"), "tables": os.path.join(out, "summary.md")}
 
 

@@ -242,17 +242,10 @@ def evaluate(cfg: EvaluateConfig) -> dict:
 def parse_args(argv=None) -> EvaluateConfig:
     import argparse
 
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     conflict_handler="resolve")
-    cli.add_arguments(parser, EvaluateConfig)
-    # --method repeats (and also takes several values at once)
-    parser.add_argument("--method", dest="method", action="extend", nargs="+", default=None,
-                        help="NAME=DIR of one method's restored videos; repeat for several methods")
-    parser.add_argument("--metrics", dest="metrics", action="extend", nargs="+", default=None,
-                        help=f"metric names (default: the paper's set): {', '.join(METRICS)}")
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    cli.add_arguments(parser, EvaluateConfig)          # tuple flags (--method, --metrics) repeat
     ns = parser.parse_args(argv)
-    ns.method = tuple(ns.method or ())
-    ns.metrics = tuple(m for part in (ns.metrics or ()) for m in part.split(",") if m)
+    ns.metrics = tuple(m for part in ns.metrics for m in part.split(",") if m)   # also "a,b"
     return cli.from_namespace(EvaluateConfig, ns)
 
 

@@ -30,13 +30,9 @@ from pipelines.flow_eval import FlowEvalConfig, evaluate_flow
 
 
 def parse_args(argv=None) -> FlowEvalConfig:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     conflict_handler="resolve")
-    cli.add_arguments(parser, FlowEvalConfig)
-    parser.add_argument("--checkpoint", dest="checkpoint", action="extend", nargs="+", default=None,
-                        help="NAME=PATH of a models.flow checkpoint (drfa.safetensors); repeat for several")
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    cli.add_arguments(parser, FlowEvalConfig)          # --checkpoint repeats
     ns = parser.parse_args(argv)
-    ns.checkpoint = tuple(ns.checkpoint or ())
     return cli.from_namespace(FlowEvalConfig, ns)
 
 

@@ -3,7 +3,9 @@
 `parse(MyConfig)` builds an argparse parser from the dataclass fields (a field `clip_len`
 becomes `--clip-len`, its help is the comment-free `metadata["help"]` if given), parses
 `sys.argv`, and returns a `MyConfig`. Booleans take `--flag/--no-flag`; tuples and
-lists take several values; `Optional[...]` fields accept `none`.
+lists take several values and the flag repeats (`--method a=x --method b=y` is the same as
+`--method a=x b=y`; a given flag replaces the default, it does not add to it);
+`Optional[...]` fields accept `none`.
 """
 from __future__ import annotations
 
@@ -31,6 +33,15 @@ def _converter(tp):
     return tp if tp in (int, float, str) else str
 
 
+class _Repeatable(argparse.Action):
+    """nargs="+" that accumulates over repeated flags; the first use replaces the default."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        current = getattr(namespace, self.dest, None)
+        given_before = current is not None and current is not self.default
+        setattr(namespace, self.dest, (list(current) if given_before else []) + list(values))
+
+
 def add_arguments(parser: argparse.ArgumentParser, config_cls, defaults=None) -> None:
     hints = typing.get_type_hints(config_cls)
     defaults = defaults or config_cls()
@@ -49,10 +60,13 @@ def add_arguments(parser: argparse.ArgumentParser, config_cls, defaults=None) ->
         if optional:
             inner = conv
             conv = lambda s, inner=inner: None if s.lower() == "none" else inner(s)  # noqa: E731
-        nargs = "+" if typing.get_origin(tp) in (tuple, list) else None
+        if typing.get_origin(tp) in (tuple, list):
+            parser.add_argument(flag, dest=field.name, type=conv, nargs="+", action=_Repeatable,
+                                default=default, help=help_text)
+            continue
         if dataclasses.is_dataclass(tp):
-            conv, nargs = json.loads, None
-        parser.add_argument(flag, dest=field.name, type=conv, nargs=nargs, default=default, help=help_text)
+            conv = json.loads
+        parser.add_argument(flag, dest=field.name, type=conv, default=default, help=help_text)
 
 
 def from_namespace(config_cls, namespace: argparse.Namespace, base=None):

@@ -26,3 +26,10 @@ def test_defaults_and_overrides():
 def test_bad_value_is_rejected():
     with pytest.raises(SystemExit):
         cli.parse(Example, ["--clip-len", "four"])
+
+
+def test_tuple_flag_repeats_and_replaces_the_default():
+    cfg = cli.parse(Example, ["--timesteps", "999", "--timesteps", "500", "0"])
+    assert cfg.timesteps == (999, 500, 0)            # repeated: accumulated, default not kept
+    assert cli.parse(Example, ["--timesteps", "7"]).timesteps == (7,)
+    assert cli.parse(Example, []).timesteps == (750, 500, 250, 0)

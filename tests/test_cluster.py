@@ -77,7 +77,7 @@ DRIVER = textwrap.dedent("""
     deadline = time.time() + 120
     while alive() > before and time.time() < deadline:
         time.sleep(1)
-    print(json.dumps({"before": before, "scaled_up": scaled_up, "worker_nodes_used": len(nodes),
+    print("FIGURES " + json.dumps({"before": before, "scaled_up": scaled_up, "worker_nodes_used": len(nodes),
                       "after_idle": alive(), "up_s": up_s, "down_s": time.time() - t0 - up_s}))
 """)
 
@@ -100,7 +100,11 @@ def _autoscale_once(tmp_path) -> subprocess.CompletedProcess:
 def test_autoscaling_up_and_down_on_one_machine(tmp_path):
     out = _autoscale_once(tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]
-    figures = json.loads(out.stdout.strip().splitlines()[-1])
+    # The driver's stdout also carries Ray's autoscaler events (e.g. "(autoscaler +25s)
+    # Removing 1 nodes ...") in any order around our line: pick it by its prefix.
+    lines = [line for line in out.stdout.splitlines() if line.startswith("FIGURES ")]
+    assert len(lines) == 1, out.stdout[-3000:]
+    figures = json.loads(lines[0].removeprefix("FIGURES "))
     print("autoscaling:", figures)
     assert figures["before"] == 1, figures                 # the head alone
     assert figures["scaled_up"] >= 2, figures              # worker nodes were launched

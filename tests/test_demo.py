@@ -45,3 +45,21 @@ def test_demo_names_the_stages_when_asked_for_an_unknown_one(tmp_path):
     out = _demo("--run-dir", str(tmp_path / "demo"), "--stop-after", "distil")
     assert out.returncode != 0
     assert "'distil' is not a stage" in out.stderr and "distill" in out.stderr
+
+
+def test_demo_about_states_the_sizes_of_the_models_it_trained(tmp_path):
+    import torch
+    from safetensors.torch import save_file
+
+    sys.path.insert(0, str(ROOT / "jobs"))
+    import demo
+
+    weights = "diffusion_pytorch_model.safetensors"
+    for path, sizes in ((tmp_path / "drfa" / "drfa.safetensors", [(500, 500), (10_000,)]),   # 0.26 M
+                        (tmp_path / "prior" / "unet" / weights, [(3, 1_000_000)]),             # 3.00 M
+                        (tmp_path / "prior" / "vae" / weights, [(1000, 750)])):                # 0.75 M
+        path.parent.mkdir(parents=True)
+        save_file({f"w{i}": torch.zeros(s) for i, s in enumerate(sizes)}, str(path))
+    about = demo.demo_about(demo.DemoConfig(drfa_steps=7), str(tmp_path))
+    assert "a 0.26 M-parameter DRFA, a 3.00 M-parameter x4 UNet and a 0.75 M-parameter VAE" in about
+    assert "(7 DRFA, 120 prior and 12 distillation steps)" in about
