@@ -242,7 +242,8 @@ def evaluate(cfg: EvaluateConfig) -> dict:
 def parse_args(argv=None) -> EvaluateConfig:
     import argparse
 
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog=f"metric names for --metrics: {', '.join(METRICS)}")
     cli.add_arguments(parser, EvaluateConfig)          # tuple flags (--method, --metrics) repeat
     ns = parser.parse_args(argv)
     ns.metrics = tuple(m for part in ns.metrics for m in part.split(",") if m)   # also "a,b"

@@ -18,7 +18,7 @@ from pipelines import storage, video
 from pipelines.restore import RestoreConfig, read_manifest, restore_archive
 from pipelines.samples import sample_video
 from tests.media import corrupt_file, textured_frames
-from tests.test_restore import tiny_model_dir  # noqa: F401 (fixture)
+from tests.test_restore import tiny_model_dir
 
 LR_W, LR_H = 48, 32           # LR size of the synthetic videos (the tiny flow net needs >= 32 px)
 SHOT = 5                      # frames per synthetic shot
