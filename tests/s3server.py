@@ -6,7 +6,6 @@ code under test talks HTTP to a separate process.
 """
 from __future__ import annotations
 
-import os
 import shutil
 import socket
 import subprocess

@@ -3,8 +3,6 @@ cluster (token auth on, as Ray 2.60 sets it), in pipeline order, with tiny setti
 build_shards -> pretrain_drfa -> train_prior -> distill -> restore -> evaluate."""
 from __future__ import annotations
 
-import json
-import os
 from pathlib import Path
 
 import pandas as pd
