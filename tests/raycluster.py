@@ -19,17 +19,24 @@ from pathlib import Path
 RAY = str(Path(sys.executable).parent / "ray")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def free_ports(n: int) -> list[int]:
+    """`n` distinct free ports. All sockets stay bound until all ports are chosen: asked
+    one at a time, the kernel may hand back a port it just gave (CI once got the same
+    port for the dashboard and the metrics exporter, and `ray start` refused)."""
+    sockets = [socket.socket() for _ in range(n)]
+    try:
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
 
 
 class LocalCluster:
     def __init__(self, num_cpus: int = 2, autoscaling_config: str | None = None, env: dict | None = None):
         self.temp_dir = tempfile.mkdtemp(prefix="rc", dir="/tmp")  # short: socket paths have a length limit
-        self.port = free_port()
-        self.dashboard_port = free_port()
+        self._choose_ports()
         self.num_cpus = num_cpus
         self.autoscaling_config = autoscaling_config
         # Ray 2.60 turns token auth on for `ray start --head`: use it, with a token of
@@ -40,6 +47,10 @@ class LocalCluster:
         self.env = {**os.environ, "PATH": path, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": self.token,
                     **(env or {})}
 
+    def _choose_ports(self) -> None:
+        (self.port, self.dashboard_port, self.agent_http_port, self.agent_grpc_port,
+         self.metrics_port, self.runtime_env_port) = free_ports(6)
+
     @property
     def address(self) -> str:
         return f"127.0.0.1:{self.port}"
@@ -49,20 +60,30 @@ class LocalCluster:
         return f"http://127.0.0.1:{self.dashboard_port}"
 
     def start(self) -> "LocalCluster":
+        """`ray start --head`. A port chosen free can be taken by another process before
+        Ray binds it; such a failure gets one more try with fresh ports."""
+        for attempt in (1, 2):
+            out = self._ray_start()
+            if out.returncode == 0:
+                return self
+            self.stop()
+            if attempt == 1 and "port" in (out.stdout + out.stderr).lower():
+                self._choose_ports()
+                continue
+            raise RuntimeError(f"ray start failed:\n{out.stdout[-2000:]}\n{out.stderr[-2000:]}")
+
+    def _ray_start(self) -> subprocess.CompletedProcess:
         cmd = [RAY, "start", "--head", f"--port={self.port}", f"--num-cpus={self.num_cpus}",
                f"--temp-dir={self.temp_dir}", "--include-dashboard=true",
                "--dashboard-host=127.0.0.1",
                f"--dashboard-port={self.dashboard_port}",
-               f"--dashboard-agent-listen-port={free_port()}", f"--dashboard-agent-grpc-port={free_port()}",
-               f"--metrics-export-port={free_port()}", f"--runtime-env-agent-port={free_port()}",
+               f"--dashboard-agent-listen-port={self.agent_http_port}",
+               f"--dashboard-agent-grpc-port={self.agent_grpc_port}",
+               f"--metrics-export-port={self.metrics_port}", f"--runtime-env-agent-port={self.runtime_env_port}",
                "--disable-usage-stats"]
         if self.autoscaling_config:
             cmd.append(f"--autoscaling-config={self.autoscaling_config}")
-        out = subprocess.run(cmd, env=self.env, capture_output=True, text=True, timeout=180)
-        if out.returncode != 0:
-            self.stop()
-            raise RuntimeError(f"ray start failed:\n{out.stdout[-2000:]}\n{out.stderr[-2000:]}")
-        return self
+        return subprocess.run(cmd, env=self.env, capture_output=True, text=True, timeout=180)
 
     def run(self, args: list[str], timeout: float = 600, **kwargs) -> subprocess.CompletedProcess:
         """Run a command against this cluster (RAY_ADDRESS set)."""

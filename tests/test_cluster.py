@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.raycluster import LocalCluster
+from tests.raycluster import LocalCluster, free_ports
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -33,6 +33,14 @@ def test_ray_cluster_yaml_is_valid_for_ray():
     del broken["available_node_types"]["gpu_1x"]["node_config"]
     with pytest.raises(Exception):
         validate_config(prepare_config(broken))
+
+
+def test_cluster_ports_are_distinct():
+    # Chosen one socket at a time, two of a cluster's ports once came back equal and
+    # `ray start` refused (CI, stop 12).
+    for _ in range(20):
+        ports = free_ports(6)
+        assert len(set(ports)) == 6 and all(p > 0 for p in ports)
 
 
 FAKE_CLUSTER = {
