@@ -6,6 +6,7 @@ code under test talks HTTP to a separate process.
 """
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import subprocess
@@ -21,6 +22,29 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def _listens_on(pid: int, port: int) -> bool:
+    """Whether process `pid` holds a listening TCP socket on 127.0.0.1:`port` (Linux
+    /proc). A plain connect cannot tell rclone from another process on the same port."""
+    inodes = set()
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if fields[1] == f"0100007F:{port:04X}" and fields[3] == "0A":  # 0A: LISTEN
+            inodes.add(f"socket:[{fields[9]}]")
+    if not inodes:
+        return False
+    try:
+        fds = list(Path(f"/proc/{pid}/fd").iterdir())
+    except OSError:
+        return False
+    for fd in fds:
+        try:
+            if os.readlink(fd) in inodes:
+                return True
+        except OSError:
+            continue
+    return False
 
 
 def rclone_binary() -> str:
@@ -40,6 +64,18 @@ class S3Server:
         self.proc: subprocess.Popen | None = None
 
     def start(self, timeout: float = 20.0) -> "S3Server":
+        """Start rclone and wait until it accepts connections. The port was free when
+        chosen; if another process took it since, rclone exits, and one more try gets a
+        fresh port."""
+        for attempt in (1, 2):
+            if self._try_start(timeout):
+                return self
+            if attempt == 1:
+                self.port = _free_port()
+                self.endpoint = f"http://127.0.0.1:{self.port}"
+        raise RuntimeError(f"rclone exited with {self.proc.returncode}; see {self.log.name}")
+
+    def _try_start(self, timeout: float) -> bool:
         self.log = open(self.root.parent / f"rclone-{self.port}.log", "wb")
         self.proc = subprocess.Popen(
             [rclone_binary(), "serve", "s3", str(self.root), "--addr", f"127.0.0.1:{self.port}",
@@ -49,13 +85,15 @@ class S3Server:
         deadline = time.time() + timeout
         while time.time() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"rclone exited with {self.proc.returncode}; see {self.log.name}")
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
-                    return self
-            except OSError:
-                time.sleep(0.05)
-        raise RuntimeError("rclone serve s3 did not start in time")
+                self.log.close()
+                return False
+            if _listens_on(self.proc.pid, self.port):  # rclone's own socket, not another's
+                return True
+            time.sleep(0.05)
+        if self.proc.poll() is None:
+            raise RuntimeError(f"rclone serve s3 did not start in {timeout:.0f} s; see {self.log.name}")
+        self.log.close()
+        return False
 
     def env(self) -> dict[str, str]:
         """Environment a client (this process, Ray workers, job subprocesses) needs."""
