@@ -9,28 +9,15 @@ from __future__ import annotations
 import os
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+from tests.ports import free_ports
+
 RAY = str(Path(sys.executable).parent / "ray")
-
-
-def free_ports(n: int) -> list[int]:
-    """`n` distinct free ports. All sockets stay bound until all ports are chosen: asked
-    one at a time, the kernel may hand back a port it just gave (CI once got the same
-    port for the dashboard and the metrics exporter, and `ray start` refused)."""
-    sockets = [socket.socket() for _ in range(n)]
-    try:
-        for s in sockets:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
 
 
 class LocalCluster:

@@ -8,20 +8,15 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+from tests.ports import free_ports
+
 ACCESS_KEY = "d2vr-test-key"
 SECRET_KEY = "d2vr-test-secret-0123456789"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _listens_on(pid: int, port: int) -> bool:
@@ -59,20 +54,22 @@ class S3Server:
     def __init__(self, root: str | Path):
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
-        self.port = _free_port()
-        self.endpoint = f"http://127.0.0.1:{self.port}"
+        (self.port,) = free_ports(1)
         self.proc: subprocess.Popen | None = None
 
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
     def start(self, timeout: float = 20.0) -> "S3Server":
-        """Start rclone and wait until it accepts connections. The port was free when
+        """Start rclone and wait until it listens on its port. The port was free when
         chosen; if another process took it since, rclone exits, and one more try gets a
         fresh port."""
         for attempt in (1, 2):
             if self._try_start(timeout):
                 return self
             if attempt == 1:
-                self.port = _free_port()
-                self.endpoint = f"http://127.0.0.1:{self.port}"
+                (self.port,) = free_ports(1)
         raise RuntimeError(f"rclone exited with {self.proc.returncode}; see {self.log.name}")
 
     def _try_start(self, timeout: float) -> bool:
@@ -83,10 +80,7 @@ class S3Server:
             stdout=self.log, stderr=subprocess.STDOUT,
         )
         deadline = time.time() + timeout
-        while time.time() < deadline:
-            if self.proc.poll() is not None:
-                self.log.close()
-                return False
+        while time.time() < deadline and self.proc.poll() is None:
             if _listens_on(self.proc.pid, self.port):  # rclone's own socket, not another's
                 return True
             time.sleep(0.05)

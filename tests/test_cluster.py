@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.raycluster import LocalCluster, free_ports
+from tests.ports import free_ports
+from tests.raycluster import LocalCluster
 
 ROOT = Path(__file__).resolve().parents[1]
 
