@@ -40,9 +40,13 @@ from pipelines import train_prior as tp
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--minutes", type=float, default=20.0, help="training wall-clock budget")
+    p.add_argument("--init", default="tiny", choices=("small", "tiny"),
+                   help="prior architecture: small (pixel space, lossless codec) or tiny (latent, VAE learnt first)")
     p.add_argument("--out", default="runs/prior_tiny", help="where the trained prior is saved (save_pretrained)")
     p.add_argument("--videos", default="bikes,carphone,bigbuckbunny")
-    p.add_argument("--degrade", default="light", help="degradation preset of the low-res input")
+    p.add_argument("--degrade", default="light",
+                   help="degradation preset of the low-res input (several, comma-separated: one drawn per batch)")
+    p.add_argument("--eval-degrade", default="", help="preset of the evaluation frames; empty: the first of --degrade")
     p.add_argument("--vae-fraction", type=float, default=0.3, help="share of the budget for the VAE-only stage")
     p.add_argument("--batch-size", type=int, default=tp.PriorTrainConfig.batch_size)
     p.add_argument("--patch", type=int, default=tp.PriorTrainConfig.patch)
@@ -69,8 +73,8 @@ def step_flops(engines, parts, source, cfg) -> dict[str, float]:
     """FLOPs of one training step per stage (torch's counter), taking one real step each."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    out = {}
-    for stage in ("vae", "unet"):
+    out = {"vae": 0.0}
+    for stage in (("vae", "unet") if "vae" in engines else ("unet",)):
         lq, hq = source.batch(cfg.batch_size)
         with FlopCounterMode(display=False) as counter:
             tp.prior_step(engines, parts, lq, hq, stage, cfg)
@@ -80,10 +84,12 @@ def step_flops(engines, parts, source, cfg) -> dict[str, float]:
 
 def train(args, cfg: tp.PriorTrainConfig):
     torch.manual_seed(args.seed)
-    bundle = tp.build_prior("tiny", seed=args.seed)
+    bundle = tp.build_prior(args.init, seed=args.seed)
     engines = tp.plain_engines(bundle, cfg)
     parts = tp.PriorParts(bundle.scheduler, bundle.low_res_scheduler, bundle.prompt_embeds,
-                          float(bundle.vae.config.scaling_factor))
+                          float(bundle.vae.config.scaling_factor), vae=bundle.vae)
+    if "vae" not in engines:                 # a lossless codec: no VAE stage
+        args.vae_fraction = 0.0
     names = args.videos.split(",")
     source = tp.SampleFramePairs(tp.load_sample_frames(names, "train"), cfg.patch, cfg.degrade, seed=args.seed)
     print(f"[prior_quality] params: unet {sum(p.numel() for p in bundle.unet.parameters()) / 1e6:.2f} M, "
@@ -96,7 +102,7 @@ def train(args, cfg: tp.PriorTrainConfig):
     t0 = time.time()
     steps = {"vae": 0, "unet": 0}
     seconds = {"vae": 0.0, "unet": 0.0}
-    stage, metrics, last_print = "vae", {}, t0
+    stage, metrics, last_print = ("vae" if "vae" in engines else "unet"), {}, t0
     while True:
         now = time.time() - t0
         if now >= budget:
@@ -113,7 +119,8 @@ def train(args, cfg: tp.PriorTrainConfig):
         else:
             mult = tp.lr_multiplier((now - vae_budget) / (budget - vae_budget), cfg.warmup, cfg.final_lr)
             tp.set_lr(engines["unet"].optimizer, mult)
-            tp.set_lr(engines["vae"].optimizer, mult, frozen=("encoder",))
+            if "vae" in engines:
+                tp.set_lr(engines["vae"].optimizer, mult, frozen=("encoder",))
         lq, hq = source.batch(cfg.batch_size)
         s0 = time.time()
         metrics = tp.prior_step(engines, parts, lq, hq, stage, cfg)
@@ -123,7 +130,7 @@ def train(args, cfg: tp.PriorTrainConfig):
             last_print = time.time()
             shown = " ".join(f"{k} {v:.4f}" for k, v in metrics.items() if k in ("vae_l1", "anchor", "unet_loss"))
             print(f"[prior_quality] {now / 60:5.1f} min {stage} step {steps[stage]}: {shown}", flush=True)
-    if stage == "vae":  # a budget too short for the UNet stage still leaves a usable latent scale
+    if stage == "vae" and "vae" in engines:  # a budget too short for the UNet stage still leaves a usable latent scale
         parts.scaling = tp.fit_scaling_factor(bundle.vae, [source.batch(cfg.batch_size)[1]])
     tp.export_prior(bundle, bundle.unet.state_dict(), bundle.vae.state_dict(), parts.scaling, args.out)
     stats = {"steps": steps, "seconds": seconds, "flops": flops, "wall": time.time() - t0,
@@ -166,6 +173,17 @@ def eval_frames(args) -> list[tuple[str, torch.Tensor]]:
     return out
 
 
+def eval_preset(args) -> str:
+    return args.eval_degrade or args.degrade.split(",")[0]
+
+
+def few_step(up, lq, seed, timesteps):
+    """The prior run through the student's few-step x0 sampler (no distillation)."""
+    gen = torch.Generator().manual_seed(seed)
+    cond = up.lowres_condition(lq[None], gen)
+    return up.decode(up.sample_few_step(cond, None, gen, timesteps=timesteps, unet="teacher"), lq=lq[None])[0]
+
+
 @torch.no_grad()
 def evaluate(args) -> dict[str, dict]:
     from models.upscaler import UpscalerBundle, UpscalerConfig, VideoUpscaler
@@ -174,13 +192,15 @@ def evaluate(args) -> dict[str, dict]:
     up = VideoUpscaler(bundle, UpscalerConfig(pretrained=args.out, noise_level=args.noise_level))
     methods = {
         "bicubic": lambda lq, hq, s: F.interpolate(lq[None], scale_factor=4, mode="bicubic", align_corners=False)[0],
-        "vae reconstruction (ceiling)": lambda lq, hq, s: up.decode(up.encode(hq[None]))[0],
+        "vae reconstruction (ceiling)": lambda lq, hq, s: up.decode(up.encode(hq[None], lq[None]), lq=lq[None])[0],
         "prior, DDIM 50 steps": lambda lq, hq, s: up.restore_frame(lq, sampler="teacher", steps=50, seed=s)[0],
         "prior, DDIM 4 steps": lambda lq, hq, s: up.restore_frame(lq, sampler="teacher", steps=4, seed=s)[0],
+        "prior, x0 750/500/250/0": lambda lq, hq, s: few_step(up, lq, s, (750, 500, 250, 0)),
+        "prior, x0 999/749/499/249": lambda lq, hq, s: few_step(up, lq, s, (999, 749, 499, 249)),
     }
     results = {m: {"rows": [], "seconds": 0.0} for m in methods}
     for k, (name, hq) in enumerate(eval_frames(args)):
-        lq = tp.degrade_pairs(hq[None], args.degrade, 4, np.random.default_rng(10_000 + k))[0]
+        lq = tp.degrade_pairs(hq[None], eval_preset(args), 4, np.random.default_rng(10_000 + k))[0]
         for m, fn in methods.items():
             t0 = time.time()
             pred = fn(lq, hq, k)
@@ -193,7 +213,7 @@ def report(results: dict, names: list[str], stats: dict | None, args) -> None:
     n = len(next(iter(results.values()))["rows"])
     print(f"\n[prior_quality] held-out frames: {n} ({args.eval_frames} per video from the last 20%), "
           f"{'centre ' + str(args.eval_crop) + ' px crops' if args.eval_crop else 'whole frames'}, "
-          f"{args.degrade} degradation, x4")
+          f"{eval_preset(args)} degradation, x4")
     head = f"{'method':30s} {'PSNR-RGB':>8s} {'PSNR-Y':>7s} {'SSIM-RGB':>8s} {'SSIM-Y':>7s} " + \
         " ".join(f"{'Y:' + v[:7]:>9s}" for v in names) + f" {'s/frame':>8s}"
     print(head)
@@ -217,7 +237,7 @@ def main(argv=None) -> dict:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
     cfg = tp.resolve(tp.PriorTrainConfig(
-        init="tiny", steps=2, vae_steps=1, joint_decoder=1, batch_size=args.batch_size, patch=args.patch,
+        init=args.init, steps=2, vae_steps=1 if args.init == "tiny" else 0, joint_decoder=int(args.init == "tiny"), batch_size=args.batch_size, patch=args.patch,
         vae_crop=args.vae_crop, degrade=args.degrade, lr=args.lr, vae_lr=args.vae_lr,
         anchor_weight=args.anchor_weight, max_noise_level=args.max_noise_level, seed=args.seed))
     stats = None if args.skip_train else train(args, cfg)

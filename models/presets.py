@@ -4,6 +4,15 @@
   loaded with `from_pretrained`.
 - `sd-x4-random`: the same architecture built from its config with random weights (no
   download): GPU timing and memory checks only.
+- `small`: the CPU-scale prior that restores (d2vr's default for training on a CPU): a UNet
+  diffusing in *pixel* space through the lossless `models.pixel_codec` (space-to-depth x4:
+  48 channels at the low-res size, exact reconstruction), so no VAE has to be learnt and
+  none caps the quality. The latent is the HR frame minus the bicubic x4 of the low-res
+  input (`residual`), and the UNet predicts x0 ("sample"), so an untrained prior restores
+  bicubic and training learns a correction (v-prediction on this latent stayed ~6 dB below
+  bicubic after 1,400 steps: it must cancel the noise exactly before any x0 appears). Same
+  noise schedule, samplers and conditioning as sd-x4 (noise-level class labels, fixed prompt
+  embedding); 51 input channels (48 + low-res 3).
 - `tiny`: a small model of the same architecture (UNet reading [latent 4, low-res 3] with
   noise-level class labels, v-prediction; f4 VAE with 3 levels, 4 latent channels), built
   in code and saved with `save_pretrained` so that tests and jobs load it through the same
@@ -27,6 +36,7 @@ import torch
 from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, UNet2DConditionModel
 
 from models.discriminator import DiscriminatorConfig
+from models.pixel_codec import PixelUnshuffleCodec
 from models.upscaler import SD_X4_REPO, UpscalerBundle, UpscalerConfig
 
 SD_X4_UNET = dict(
@@ -69,7 +79,23 @@ TINY_VAE = dict(
 )
 TINY_PROMPT_SHAPE = (1, 8, 32)                           # (1, tokens, cross_attention_dim)
 
-RANDOM_ARCHITECTURES = ("tiny", "sd-x4-random")
+SMALL_CODEC = dict(downscale=4, in_channels=3, scaling_factor=1.0,  # pixels in [-1, 1] as they are
+                   residual=True)                                   # diffuse HR minus bicubic(LR)
+SMALL_UNET = dict(
+    sample_size=32, in_channels=48 + 3, out_channels=48, layers_per_block=2,
+    block_out_channels=(64, 96, 128),                    # /4 inside: 16x16 low-res patches -> 4x4
+    down_block_types=("DownBlock2D", "DownBlock2D", "CrossAttnDownBlock2D"),
+    up_block_types=("CrossAttnUpBlock2D", "UpBlock2D", "UpBlock2D"),
+    only_cross_attention=(False, False, True), attention_head_dim=8, cross_attention_dim=32,
+    use_linear_projection=True, num_class_embeds=1000, norm_num_groups=16,
+)
+SMALL_PROMPT_SHAPE = TINY_PROMPT_SHAPE
+# x0-prediction: the residual latent is small, and v or eps would make the UNet cancel the noise
+# to the last digit before any x0 appears (measured: v-prediction x0 ~6 dB below bicubic after
+# 1,400 steps); predicting x0 directly starts at bicubic (zero output) and learns a correction
+SMALL_SCHEDULER = dict(SD_X4_SCHEDULER, prediction_type="sample")
+
+RANDOM_ARCHITECTURES = ("small", "tiny", "sd-x4-random")
 
 
 def upscaler_preset(name: str, **overrides) -> UpscalerConfig:
@@ -77,6 +103,7 @@ def upscaler_preset(name: str, **overrides) -> UpscalerConfig:
     base = {
         "sd-x4": UpscalerConfig(pretrained=SD_X4_REPO),
         "sd-x4-random": UpscalerConfig(pretrained="sd-x4-random"),
+        "small": UpscalerConfig(pretrained="small"),
         "tiny": UpscalerConfig(pretrained="tiny"),
     }
     if name not in base:
@@ -89,6 +116,7 @@ def discriminator_preset(name: str, **overrides) -> DiscriminatorConfig:
     base = {
         "sd-x4": DiscriminatorConfig(head_channels=128),
         "sd-x4-random": DiscriminatorConfig(head_channels=128),
+        "small": DiscriminatorConfig(head_channels=64),
         "tiny": DiscriminatorConfig(head_channels=32),
     }
     if name not in base:
@@ -97,8 +125,10 @@ def discriminator_preset(name: str, **overrides) -> DiscriminatorConfig:
 
 
 def build_random_bundle(architecture: str = "tiny", seed: int = 0, prompt: str = "") -> UpscalerBundle:
-    """Random-weight bundle of the "tiny" or "sd-x4-random" architecture (deterministic in seed)."""
-    if architecture == "tiny":
+    """Random-weight bundle of a built-in architecture (`RANDOM_ARCHITECTURES`; deterministic in seed)."""
+    if architecture == "small":
+        unet_cfg, vae_cfg, shape = SMALL_UNET, None, SMALL_PROMPT_SHAPE
+    elif architecture == "tiny":
         unet_cfg, vae_cfg, shape = TINY_UNET, TINY_VAE, TINY_PROMPT_SHAPE
     elif architecture in ("sd-x4-random", "sd-x4"):
         unet_cfg, vae_cfg, shape = SD_X4_UNET, SD_X4_VAE, SD_X4_PROMPT_SHAPE
@@ -108,10 +138,14 @@ def build_random_bundle(architecture: str = "tiny", seed: int = 0, prompt: str =
     with fork:
         torch.manual_seed(seed)
         unet = UNet2DConditionModel(**unet_cfg)
-        vae = AutoencoderKL(**vae_cfg)
+        vae = PixelUnshuffleCodec(**SMALL_CODEC) if vae_cfg is None else AutoencoderKL(**vae_cfg)
+        if architecture == "small":            # LDM's zero output conv: x0 = 0 at the start, so the
+            torch.nn.init.zeros_(unet.conv_out.weight)   # residual prior starts at bicubic
+            torch.nn.init.zeros_(unet.conv_out.bias)
         gen = torch.Generator().manual_seed(seed + 1)
         embeds = torch.randn(shape, generator=gen)       # the fixed "prompt" of a random model
-    return UpscalerBundle(unet=unet.eval(), vae=vae.eval(), scheduler=DDIMScheduler(**SD_X4_SCHEDULER),
+    scheduler = DDIMScheduler(**(SMALL_SCHEDULER if architecture == "small" else SD_X4_SCHEDULER))
+    return UpscalerBundle(unet=unet.eval(), vae=vae.eval(), scheduler=scheduler,
                           low_res_scheduler=DDPMScheduler(**SD_X4_LOW_RES_SCHEDULER),
                           prompt_embeds=embeds, prompt=prompt)
 

@@ -47,6 +47,7 @@ from diffusers import (AutoencoderKL, DDIMScheduler, DDPMScheduler, DPMSolverMul
                        UNet2DConditionModel)
 from diffusers.utils.torch_utils import randn_tensor
 
+from models.pixel_codec import downscale_factor, latent_base, latent_channels, load_codec, module_dtype
 from models.temporal import no_previous, temporal_channels, warp_previous
 
 SD_X4_REPO = "stabilityai/stable-diffusion-x4-upscaler"
@@ -106,7 +107,7 @@ class UpscalerBundle:
     """The x4 upscaler's parts in the hub layout, plus the fixed prompt embedding."""
 
     unet: UNet2DConditionModel
-    vae: AutoencoderKL
+    vae: AutoencoderKL                       # or the lossless `PixelUnshuffleCodec` (small prior)
     scheduler: DDIMScheduler                 # training schedule + the teacher's default sampler
     low_res_scheduler: DDPMScheduler         # noise augmentation of the low-res input
     prompt_embeds: torch.Tensor              # (1, L, cross_attention_dim)
@@ -123,7 +124,7 @@ class UpscalerBundle:
         """
         source = str(source)
         unet = UNet2DConditionModel.from_pretrained(source, subfolder="unet", torch_dtype=torch_dtype, **kwargs)
-        vae = AutoencoderKL.from_pretrained(source, subfolder="vae", torch_dtype=torch_dtype, **kwargs)
+        vae = load_codec(source, subfolder="vae", torch_dtype=torch_dtype, **kwargs)
         scheduler = DDIMScheduler.from_pretrained(source, subfolder="scheduler", **kwargs)
         low_res = DDPMScheduler.from_pretrained(source, subfolder="low_res_scheduler", **kwargs)
         embeds = None
@@ -297,10 +298,10 @@ class VideoUpscaler(nn.Module):
                  vae_dtype: torch.dtype | None = None):
         super().__init__()
         self.cfg = cfg
-        self.scale = 2 ** (len(bundle.vae.config.block_out_channels) - 1)   # 4 for the x4 VAE
+        self.scale = downscale_factor(bundle.vae)                            # 4 for the x4 VAE
         self.extra_channels = temporal_channels(cfg.temporal_encoding, self.scale)
         prior_in = bundle.unet.config.in_channels
-        latent_ch = bundle.vae.config.latent_channels
+        latent_ch = latent_channels(bundle.vae)
         if prior_in != latent_ch + 3:
             raise ValueError(f"prior UNet in_channels {prior_in} != latent {latent_ch} + 3 low-res channels")
         self.latent_channels = latent_ch
@@ -321,7 +322,7 @@ class VideoUpscaler(nn.Module):
         self.student = split_conv_in(student_unet, prior_in)
         self.scheduler_config = dict(bundle.scheduler.config)
         self.prediction_type = bundle.scheduler.config.prediction_type
-        if self.prediction_type not in ("v_prediction", "epsilon"):
+        if self.prediction_type not in ("v_prediction", "epsilon", "sample"):
             raise ValueError(f"unsupported prediction_type {self.prediction_type!r}")
         self.low_res_scheduler = bundle.low_res_scheduler
         self.alphas_cumprod = bundle.scheduler.alphas_cumprod.detach().float().clone()  # (1000,)
@@ -376,7 +377,7 @@ class VideoUpscaler(nn.Module):
 
     @property
     def vae_dtype(self) -> torch.dtype:
-        return next(self.vae.parameters()).dtype
+        return module_dtype(self.vae)
 
     def _section(self, name: str):
         return self.timer.section(name, self.device) if self.timer is not None else contextlib.nullcontext()
@@ -486,6 +487,8 @@ class VideoUpscaler(nn.Module):
         a, s = self._coeffs(t, x_t)
         if self.prediction_type == "v_prediction":
             return a * x_t - s * out
+        if self.prediction_type == "sample":                 # the small prior predicts x0 itself
+            return out
         return (x_t - s * out) / a
 
     # ---- samplers
@@ -534,22 +537,29 @@ class VideoUpscaler(nn.Module):
 
     # ---- VAE
 
-    def decode(self, latents: torch.Tensor, clamp: bool = True) -> torch.Tensor:
+    def decode(self, latents: torch.Tensor, clamp: bool = True, lq: torch.Tensor | None = None) -> torch.Tensor:
         """(B, 4, h, w) latents -> (B, 3, s*h, s*w) float32 RGB in [0, 1] (unclamped if clamp=False).
 
-        Gradients flow to the latents (the VAE itself is frozen).
+        Gradients flow to the latents (the VAE itself is frozen). `lq` (B, 3, h, w): the
+        low-res frame, needed by a residual codec (the small prior's), ignored otherwise.
         """
+        base = latent_base(self.vae, None if lq is None else lq.to(self.device), self.scaling_factor)
+        if base is not None:
+            latents = latents + base
         with self._section("vae"):
             img = self.vae.decode(latents.to(self.vae_dtype) / self.scaling_factor, return_dict=False)[0]
         img = (img.float() + 1) / 2
         return img.clamp(0, 1) if clamp else img
 
     @torch.no_grad()
-    def encode(self, hr: torch.Tensor) -> torch.Tensor:
-        """(B, 3, H, W) RGB in [0, 1] -> (B, 4, H/s, W/s) scaled latents (posterior mode)."""
+    def encode(self, hr: torch.Tensor, lq: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, 3, H, W) RGB in [0, 1] -> (B, 4, H/s, W/s) scaled latents (posterior mode);
+        relative to `lq`'s bicubic x4 for a residual codec (see `decode`)."""
         with self._section("vae"):
             dist = self.vae.encode((hr.to(self.device, self.vae_dtype) * 2 - 1)).latent_dist
-        return dist.mode().float() * self.scaling_factor
+        z = dist.mode().float() * self.scaling_factor
+        base = latent_base(self.vae, None if lq is None else lq.to(self.device), self.scaling_factor)
+        return z if base is None else z - base
 
     # ---- restoration
 
@@ -580,7 +590,7 @@ class VideoUpscaler(nn.Module):
             latents = self.sample_multi_step(cond, generator, steps=steps)
         else:
             raise ValueError(f"sampler must be 'student' or 'teacher', got {sampler!r}")
-        hr = self.decode(latents)
+        hr = self.decode(latents, lq=lq)
         new_state = TemporalState(lq=lq, hr=hr)
         return (hr[0] if single else hr), new_state
 

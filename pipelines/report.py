@@ -5,16 +5,21 @@
     build_report(out_dir / "report", methods={"bicubic": p1, "student": p2}, gt=gt, lq=lq,
                  tables=[...], convention="tecogan")                             # index.html + PNGs
 
-The report is one static HTML page with relative links to PNGs next to it:
+The report is one static HTML page with relative links to pictures next to it (PNG; JPEG
+for the full frames of large videos):
 - side-by-side crops at the same frame and place: the LQ input upscaled (nearest and
   bicubic), each method's output, the ground truth when there is one; the crop is the most
   textured window of the reference frame, shown on a thumbnail of the whole frame;
 - a temporal profile per video source: one row of every frame stacked top to bottom (an
   x-t slice). A steady picture gives straight or smoothly slanted streaks; flicker and
   jitter show as horizontal banding and ragged streaks;
+- full frames (`pipelines.report_compare`): a before/after slider on a few frames spread
+  over the clip, with selectors for the two sides (LQ upscaled, methods, GT), and every
+  source played side by side in lockstep (one play button and scrubber);
 - the metric tables, each captioned with the metric convention that produced it.
 A small inline script marks `<body data-images-status="ok|broken">` once the page has
-loaded, so a headless browser can tell whether every image rendered.
+loaded, so a headless browser can tell whether every image rendered; it also loads the
+pictures the slider's selectors can swap in (`data-srcs`), so they are checked too.
 
 Videos are video files (anything PyAV reads) or folders of frames (PNG/JPEG, sorted by
 the numbers in their names, REDS-style); `find_videos` and `iter_video` read both.
@@ -33,6 +38,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
+from pipelines import report_compare
 from pipelines.metrics import METRICS, RANDOM_BACKBONE, get_convention, metric_label
 
 VIDEO_EXTENSIONS = (".mp4", ".mkv", ".avi", ".mov", ".webm", ".m4v", ".y4m", ".mpg", ".mpeg", ".ts")
@@ -291,15 +297,33 @@ _LOAD_CHECK = """
 <script>
 window.addEventListener('load', function () {
   var imgs = Array.prototype.slice.call(document.images);
-  var bad = imgs.filter(function (im) { return !(im.complete && im.naturalWidth > 0); });
-  document.body.setAttribute('data-images-total', String(imgs.length));
-  document.body.setAttribute('data-images-loaded', String(imgs.length - bad.length));
-  document.body.setAttribute('data-images-status', bad.length ? 'broken' : 'ok');
-  if (bad.length) {
-    document.body.setAttribute('data-images-broken',
-      bad.map(function (im) { return im.getAttribute('src'); }).join(' '));
+  var seen = imgs.map(function (im) { return im.getAttribute('src'); }), extra = [];
+  Array.prototype.forEach.call(document.querySelectorAll('[data-srcs]'), function (el) {
+    var srcs = JSON.parse(el.getAttribute('data-srcs'));
+    Object.keys(srcs).forEach(function (k) {
+      if (seen.indexOf(srcs[k]) < 0) { seen.push(srcs[k]); extra.push(srcs[k]); }
+    });
+  });
+  var pending = extra.length;
+  var probes = extra.map(function (src) {      // pictures a selector can swap in
+    var im = new Image();
+    im.onload = im.onerror = function () { if (--pending === 0) mark(); };
+    im.src = src;
+    return im;
+  });
+  if (!pending) mark();
+  function mark() {
+    var all = imgs.concat(probes);
+    var bad = all.filter(function (im) { return !(im.complete && im.naturalWidth > 0); });
+    document.body.setAttribute('data-images-total', String(all.length));
+    document.body.setAttribute('data-images-loaded', String(all.length - bad.length));
+    document.body.setAttribute('data-images-status', bad.length ? 'broken' : 'ok');
+    if (bad.length) {
+      document.body.setAttribute('data-images-broken',
+        bad.map(function (im) { return im.getAttribute('src'); }).join(' '));
+    }
+    document.title = (bad.length ? '[images broken] ' : '[images ok] ') + document.title;
   }
-  document.title = (bad.length ? '[images broken] ' : '[images ok] ') + document.title;
 });
 </script>
 """
@@ -318,7 +342,7 @@ def build_report(out_dir: str | os.PathLike, methods: Mapping[str, str | os.Path
                  title: str = "d2vr evaluation", video_key: str = "", frame_index: int | None = None,
                  crop_size: int = 128, notes: Sequence[str] = (), max_frames: int | None = None,
                  about: str = "") -> Path:
-    """Write `out_dir/index.html` and its PNGs for one video shown by every method.
+    """Write `out_dir/index.html` and its pictures for one video shown by every method.
 
     `about`: what was evaluated, shown first in a box (e.g. "tiny demo models, trained for
     minutes"): a reader must not take a demo's numbers for the method's.
@@ -356,6 +380,8 @@ def build_report(out_dir: str | os.PathLike, methods: Mapping[str, str | os.Path
     if gt is not None:
         sources.append(("GT", Path(gt)))
 
+    fps = report_compare.clip_fps([ref_path, *(p for _, p in sources)])
+    compare = report_compare.Comparison(out_dir, H, W, n_frames, fps=fps)
     crops_html, profiles_html = [], []
     used_slugs: set[str] = set()
     for name, path in sources:
@@ -367,9 +393,11 @@ def build_report(out_dir: str | os.PathLike, methods: Mapping[str, str | os.Path
         for t, frame in enumerate(iter_video(path, count=n_frames)):
             if t == index:
                 frames_at = frame
+            compare.add(t, frame)
             profile_rows.append(xt_profile([frame], row, H, W)[0])   # one row per frame kept
         if frames_at is None:
             raise ValueError(f"{path}: has no frame {index}")
+        compare.close_source(name, slug)
         if name == "LQ":
             for method in ("nearest", "bicubic"):
                 up = resize(frames_at, H, W, method)
@@ -401,7 +429,7 @@ def build_report(out_dir: str | os.PathLike, methods: Mapping[str, str | os.Path
     conv = get_convention(convention)
     parts = [
         "<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
-        f"<title>{html.escape(title)}</title><style>{_STYLE}</style></head>",
+        f"<title>{html.escape(title)}</title><style>{_STYLE}{report_compare.STYLE}</style></head>",
         f'<body data-convention="{html.escape(convention)}">',
         f"<h1>{html.escape(title)}</h1>",
         *([f'<p class="about">{html.escape(about)}</p>'] if about else []),
@@ -414,6 +442,7 @@ def build_report(out_dir: str | os.PathLike, methods: Mapping[str, str | os.Path
                                                  W * max(1, round(256 / W)) if W < 256 else min(W, 640),
                                                  pixelated=W < 256) + "</div>")
     parts.append('<div class="grid">' + "".join(crops_html) + "</div>")
+    parts.append(compare.html())
     parts.append("<h2>Temporal profiles (x-t slices)</h2>")
     parts.append('<p class="note">One image row per frame, time going down. Smooth streaks: '
                  'temporally stable; horizontal banding or ragged streaks: flicker / jitter.</p>')
@@ -422,6 +451,7 @@ def build_report(out_dir: str | os.PathLike, methods: Mapping[str, str | os.Path
         parts.append("<h2>Metrics</h2>")
         for caption, rows, columns in tables:
             parts.append(html_table(rows, columns, convention, caption))
+    parts.append(report_compare.SCRIPT)
     parts.append(_LOAD_CHECK)
     parts.append("</body></html>")
     page = out_dir / "index.html"

@@ -179,7 +179,7 @@ class DiffusionRestorer:
             if i + 1 < len(self.timesteps):
                 t_next = torch.full((b,), self.timesteps[i + 1], dtype=torch.long, device=up.device)
                 x = up.add_noise(x0, t_next, noise[2 + i])
-        hr = up.decode(x0)
+        hr = up.decode(x0, lq=lq)
         return hr, TemporalState(lq=lq, hr=hr)
 
     def section_seconds(self) -> dict[str, float]:

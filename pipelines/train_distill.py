@@ -82,7 +82,7 @@ RESTORER_JSON = "restorer.json"
 FLOW_FILE = "flow.safetensors"
 DISCRIMINATOR_FILE = "discriminator.safetensors"
 STUDENT_DIR = "student"
-BUILTIN_TEACHERS = ("tiny", "sd-x4-random")
+BUILTIN_TEACHERS = ("small", "tiny", "sd-x4-random")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -120,6 +120,7 @@ class DistillTrainConfig(tc.TrainRunConfig):
     first_step_input: str = "noise"        # student input at T_student[0]: noise (as the sampler) | diffused_real
     previous_frame: str = "sampled"        # temporal input of frame t: sampled (as inference) | student | gt
     discriminator_isolation: str = "detached"  # how D stays out of the generator's backward: detached | requires_grad
+    train_timesteps: tuple[int, ...] = ()  # T_student entries training draws s from; () = all (e.g. 750 500 250: no t=0)
     d_head_channels: int = 0               # D head width; 0 = min(128, the prior's first block width)
     tlpips_net: str = "alex"               # T-LPIPS feature net: alex | vgg
     tlpips_backbone: str = "pretrained"    # pretrained (ImageNet, local torch hub cache) | random (tests only)
@@ -143,7 +144,7 @@ class DistillTrainConfig(tc.TrainRunConfig):
             adversarial_form=self.adversarial_form, distill_weighting=self.distill_weighting,
             teacher_t_min=self.teacher_t_min, teacher_t_max=self.teacher_t_max,
             first_step_input=self.first_step_input, previous_frame=self.previous_frame,
-            discriminator_isolation=self.discriminator_isolation)
+            discriminator_isolation=self.discriminator_isolation, train_timesteps=tuple(self.train_timesteps))
 
     def upscaler_config(self, pretrained: str | None = None):
         from models.upscaler import UpscalerConfig

@@ -71,6 +71,9 @@ class DistillConfig:
     # grad), as at inference; "student" = the one-step prediction at s (cheaper); "gt" = ground truth
     previous_frame: str = "sampled"
     discriminator_isolation: str = "detached"  # "detached" (functional_call) or "requires_grad"
+    # the T_student entries a training clip draws s from; () = all of them. E.g. (750, 500, 250)
+    # leaves out t=0, whose x0 barely differs from its input with v-prediction
+    train_timesteps: tuple[int, ...] = ()
 
     def __post_init__(self):
         checks = [("adversarial_form", ADVERSARIAL_FORMS), ("distill_weighting", DISTILL_WEIGHTINGS),
@@ -142,9 +145,13 @@ def student_rollout(models: DistillModels, lq: torch.Tensor, hq: torch.Tensor, c
     lq = lq.to(dev, torch.float32)
     hq = hq.to(dev, torch.float32)
     ts = torch.tensor(up.cfg.student_timesteps, device=dev)
-    s = ts[_randint(0, len(ts), b, generator, dev)]                       # (B,)
+    draws = ts if not cfg.train_timesteps else torch.tensor(cfg.train_timesteps, device=dev)
+    bad = set(draws.tolist()) - set(ts.tolist())
+    if bad:
+        raise ValueError(f"train_timesteps {sorted(bad)} are not student timesteps {tuple(ts.tolist())}")
+    s = draws[_randint(0, len(draws), b, generator, dev)]                 # (B,)
     from_noise = (s == ts[0]) if cfg.first_step_input == "noise" else torch.zeros_like(s, dtype=torch.bool)
-    real_x0 = up.encode(hq.flatten(0, 1)).unflatten(0, (b, t))           # (B, T, 4, h, w)
+    real_x0 = up.encode(hq.flatten(0, 1), lq.flatten(0, 1)).unflatten(0, (b, t))  # (B, T, 4, h, w)
     state: TemporalState | None = None
     x0s, rgbs, lows, levels = [], [], [], []
     for i in range(t):
@@ -155,7 +162,7 @@ def student_rollout(models: DistillModels, lq: torch.Tensor, hq: torch.Tensor, c
         x_s = torch.where(from_noise.view(-1, 1, 1, 1), noise, up.add_noise(real_x0[:, i], s, noise))
         with torch.set_grad_enabled(grad):
             x0 = up.predict_x0("student", x_s, s, cond, temporal)
-            rgb = up.decode(x0, clamp=False) if decode else None
+            rgb = up.decode(x0, clamp=False, lq=lq_i) if decode else None
         x0s.append(x0)
         rgbs.append(rgb)
         lows.append(cond.image)
@@ -164,12 +171,12 @@ def student_rollout(models: DistillModels, lq: torch.Tensor, hq: torch.Tensor, c
             if cfg.previous_frame == "gt":
                 prev = hq[:, i]
             elif cfg.previous_frame == "sampled":                       # exactly what inference feeds
-                prev = up.decode(up.sample_few_step(cond, temporal, generator))
+                prev = up.decode(up.sample_few_step(cond, temporal, generator), lq=lq_i)
             elif rgb is not None:
                 prev = rgb.detach().clamp(0, 1)
             else:
                 with torch.no_grad():
-                    prev = up.decode(x0.detach())
+                    prev = up.decode(x0.detach(), lq=lq_i)
             state = TemporalState(lq=lq_i, hr=prev)
     rgb_all = torch.stack(rgbs, 1) if decode else None
     return Rollout(torch.stack(x0s, 1), rgb_all, torch.stack(lows, 1), torch.stack(levels, 1), s, real_x0)

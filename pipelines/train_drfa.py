@@ -116,7 +116,8 @@ def train_loop_per_worker(config: dict) -> None:
     data = _loader_epochs(cfg, rank, world, epoch)
     while step < cfg.steps:
         epoch, batch = next(data)
-        batch = {k: (v.to(engine.device, dtype) if v.is_floating_point() else v.to(engine.device))
+        # images in the engine's dtype; the ground-truth flow and mask stay float32 (targets)
+        batch = {k: v.to(engine.device, dtype if k in ("img1", "img2") else v.dtype)
                  for k, v in batch.items() if torch.is_tensor(v)}
         _, metrics = drfa_step(engine, batch, cfg.gamma, iters)
         step += 1

@@ -35,6 +35,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from models.pixel_codec import module_device, module_dtype
 from pipelines import storage
 from pipelines import train_common as tc
 
@@ -46,7 +47,9 @@ SAMPLES_PREFIX = "samples:"      # `samples:bikes,carphone`: in-memory frames of
 class PriorTrainConfig(tc.TrainRunConfig):
     shards: str = "runs/demo/shards"     # WebDataset shards (local or s3://), or "samples:bikes,carphone,..."
     out: str = "runs/prior"              # export folder (hub layout: unet/ vae/ scheduler/ ...) for --teacher
-    init: str = "tiny"                   # "tiny" (random, built in code), "sd-x4" (hub), or a local prior folder
+    # "small" (random, pixel-space: the CPU prior that restores), "tiny" (random, latent with a
+    # VAE learnt first), "sd-x4" (hub), or a local prior folder to fine-tune
+    init: str = "tiny"
     prompt: str = ""                     # the one fixed prompt (sd-x4: CLIP-encoded once)
     steps: int = 2000                    # optimizer steps in all, the VAE stage included
     vae_steps: int = -1                  # of which VAE-only first; -1: steps // 4 for tiny, 0 for a pretrained init
@@ -72,7 +75,7 @@ class PriorTrainConfig(tc.TrainRunConfig):
 
 def resolve(cfg: PriorTrainConfig) -> PriorTrainConfig:
     """Fill the "auto" fields from the init: tiny trains its VAE, a pretrained prior does not."""
-    tiny = cfg.init == "tiny"
+    tiny = cfg.init == "tiny"                    # small: a lossless codec, nothing to learn there
     vae_steps = cfg.vae_steps if cfg.vae_steps >= 0 else (cfg.steps // 4 if tiny else 0)
     joint = int(tiny) if cfg.joint_decoder < 0 else int(bool(cfg.joint_decoder))
     if cfg.patch % 16 or (cfg.vae_crop and (cfg.vae_crop % 4 or cfg.vae_crop > cfg.patch)):
@@ -119,7 +122,9 @@ def build_prior(init: str, prompt: str = "", seed: int = 0):
 
     from models.presets import SD_X4_REPO, build_random_bundle, load_bundle
 
-    if init == "tiny":
+    if init == "small":
+        bundle = build_random_bundle("small", seed=seed, prompt=prompt)
+    elif init == "tiny":
         bundle = build_random_bundle("tiny", seed=seed, prompt=prompt)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed + 2)
@@ -182,9 +187,11 @@ def plain_engines(bundle, cfg: PriorTrainConfig) -> dict:
     """{"unet": ..., "vae": ...} PlainEngines with the job's AdamW settings."""
     unet_opt = torch.optim.AdamW([{"params": list(bundle.unet.parameters()), "lr": cfg.lr, "base_lr": cfg.lr,
                                    "name": "unet"}], weight_decay=cfg.weight_decay)
-    vae_opt = torch.optim.AdamW(vae_param_groups(bundle.vae, cfg.vae_lr, cfg.weight_decay))
-    return {"unet": PlainEngine(bundle.unet, unet_opt, cfg.grad_clip),
-            "vae": PlainEngine(bundle.vae, vae_opt, cfg.grad_clip)}
+    engines = {"unet": PlainEngine(bundle.unet, unet_opt, cfg.grad_clip)}
+    if any(True for _ in bundle.vae.parameters()):     # the small prior's codec has nothing to train
+        vae_opt = torch.optim.AdamW(vae_param_groups(bundle.vae, cfg.vae_lr, cfg.weight_decay))
+        engines["vae"] = PlainEngine(bundle.vae, vae_opt, cfg.grad_clip)
+    return engines
 
 
 # --------------------------------------------------------------------------- data
@@ -232,9 +239,11 @@ class SampleFramePairs:
     """Random (lq, hq) patch pairs from frames held in memory, degraded on the fly."""
 
     def __init__(self, frames: list[torch.Tensor], patch: int, degrade: str, scale: int = 4, seed: int = 0):
+        """`degrade`: a preset name, or several joined by commas (one drawn per batch)."""
         if not frames or any(f.shape[-1] < patch or f.shape[-2] < patch for f in frames):
             raise ValueError(f"need frames of at least {patch}x{patch} px")
-        self.frames, self.patch, self.degrade, self.scale = frames, patch, degrade, scale
+        self.frames, self.patch, self.scale = frames, patch, scale
+        self.presets = [p for p in degrade.split(",") if p]
         self.rng = np.random.default_rng(seed)
         counts = np.array([len(f) for f in frames], dtype=float)
         self.weights = counts / counts.sum()     # every frame equally likely
@@ -250,7 +259,8 @@ class SampleFramePairs:
         hq = torch.stack(crops).float().div_(255)
         if self.rng.random() < 0.5:
             hq = hq.flip(-1)
-        return degrade_pairs(hq, self.degrade, s, self.rng), hq
+        preset = self.presets[int(self.rng.integers(len(self.presets)))] if len(self.presets) > 1 else self.presets[0]
+        return degrade_pairs(hq, preset, s, self.rng), hq
 
 
 def _crop_pairs(lq: torch.Tensor, hq: torch.Tensor, patch: int, scale: int, gen: torch.Generator):
@@ -339,11 +349,16 @@ def decoder_objective(vae, latents: torch.Tensor, hq: torch.Tensor, scaling: flo
 
 
 @torch.no_grad()
-def encode_latents(vae, hq: torch.Tensor, scaling: float) -> torch.Tensor:
+def encode_latents(vae, hq: torch.Tensor, scaling: float, lq: torch.Tensor | None = None) -> torch.Tensor:
     """(B, 3, H, W) [0, 1] -> (B, 4, H/s, W/s) scaled latents: the posterior mode, as
-    `VideoUpscaler.encode` (the distillation's real latents) takes them."""
-    dtype = next(vae.parameters()).dtype
-    return vae.encode((hq * 2 - 1).to(dtype)).latent_dist.mode().float() * scaling
+    `VideoUpscaler.encode` (the distillation's real latents) takes them; a residual codec's
+    (the small prior's) relative to the bicubic x4 of `lq` (B, 3, H/s, W/s)."""
+    from models.pixel_codec import latent_base
+
+    dtype = module_dtype(vae)
+    z = vae.encode((hq * 2 - 1).to(dtype)).latent_dist.mode().float() * scaling
+    base = latent_base(vae, lq, scaling)
+    return z if base is None else z - base
 
 
 def diffusion_objective(unet, latents: torch.Tensor, lq: torch.Tensor, scheduler, low_res_scheduler,
@@ -354,15 +369,18 @@ def diffusion_objective(unet, latents: torch.Tensor, lq: torch.Tensor, scheduler
     x_t = sqrt(ab_t) x0 + sqrt(1 - ab_t) eps, t ~ U{0..T-1}; the low-res frame (in [-1, 1]) is
     noised with the low_res_scheduler at level ~ U{0..max-1}, which is also the class label;
     the UNet reads [x_t, noised low-res] and is regressed (MSE) on v = sqrt(ab) eps -
-    sqrt(1 - ab) x0 (or on eps for an epsilon-prediction checkpoint).
+    sqrt(1 - ab) x0 (or on eps for an epsilon-prediction checkpoint, on x0 for a "sample" one).
     """
     b, dev = latents.shape[0], latents.device
     dtype = next(unet.parameters()).dtype
     eps = torch.randn_like(latents)
     t = torch.randint(0, scheduler.config.num_train_timesteps, (b,), device=dev)
     x_t = scheduler.add_noise(latents, eps, t)
-    if scheduler.config.prediction_type == "v_prediction":
+    kind = scheduler.config.prediction_type
+    if kind == "v_prediction":
         target = scheduler.get_velocity(latents, eps, t)
+    elif kind == "sample":              # x0 itself (the small prior: an untrained UNet's 0 is bicubic)
+        target = latents
     else:
         target = eps
     level = torch.randint(0, max_noise_level, (b,), device=dev)
@@ -401,7 +419,7 @@ def prior_step(engines: dict, parts: PriorParts, lq: torch.Tensor, hq: torch.Ten
         raise ValueError(f"stage must be 'vae' or 'unet', got {stage!r}")
     unet = engines["unet"]
     vae_module = engines["vae"].module if "vae" in engines else parts.vae
-    latents = encode_latents(vae_module, hq, parts.scaling)
+    latents = encode_latents(vae_module, hq, parts.scaling, lq)
     loss, metrics = diffusion_objective(unet, latents, lq, parts.scheduler, parts.low_res_scheduler,
                                         parts.prompt_embeds, cfg.max_noise_level)
     unet.backward(loss)
@@ -418,7 +436,7 @@ def prior_step(engines: dict, parts: PriorParts, lq: torch.Tensor, hq: torch.Ten
 @torch.no_grad()
 def fit_scaling_factor(vae, hq_batches: list[torch.Tensor]) -> float:
     """1 / std of the posterior-mode latents (LDM's rule), averaged over all Ray workers."""
-    device = next(vae.parameters()).device       # nccl reduces device tensors only
+    device = module_device(vae)                  # nccl reduces device tensors only
     s = torch.zeros(3, dtype=torch.float64, device=device)
     for hq in hq_batches:
         z = encode_latents(vae, hq.to(device), 1.0).double()
@@ -435,13 +453,14 @@ def fit_scaling_factor(vae, hq_batches: list[torch.Tensor]) -> float:
 def export_prior(bundle, unet_weights: dict, vae_weights: dict, scaling: float, folder: str) -> str:
     """`save_pretrained` the trained weights in the hub layout that `UpscalerBundle.from_pretrained`
     (and `jobs/distill.py --teacher`) reads; the fitted scaling factor goes into vae/config.json."""
-    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from diffusers import UNet2DConditionModel
 
+    from models.pixel_codec import fresh_codec
     from models.upscaler import UpscalerBundle
 
     unet = UNet2DConditionModel.from_config(bundle.unet.config)
     unet.load_state_dict(unet_weights)
-    vae = AutoencoderKL.from_config(bundle.vae.config)
+    vae = fresh_codec(bundle.vae)
     vae.load_state_dict(vae_weights)
     vae.register_to_config(scaling_factor=float(scaling))
     out = UpscalerBundle(unet=unet.eval(), vae=vae.eval(), scheduler=bundle.scheduler,

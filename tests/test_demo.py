@@ -62,6 +62,10 @@ def test_demo_about_states_the_sizes_of_the_models_it_trained(tmp_path):
                         (tmp_path / "prior" / "vae" / weights, [(1000, 750)])):                # 0.75 M
         path.parent.mkdir(parents=True)
         save_file({f"w{i}": torch.zeros(s) for i, s in enumerate(sizes)}, str(path))
+    about = demo.demo_about(demo.DemoConfig(drfa_steps=7, prior="tiny"), str(tmp_path))
+    assert "a 0.26 M-parameter DRFA trained 7 steps here" in about
+    assert "a 3.00 M-parameter x4 prior UNet with a 0.75 M-parameter VAE, started from random weights" in about
+    (tmp_path / "prior" / "vae" / weights).unlink()             # the small prior: a codec, no VAE weights
     about = demo.demo_about(demo.DemoConfig(drfa_steps=7), str(tmp_path))
-    assert "a 0.26 M-parameter DRFA, a 3.00 M-parameter x4 UNet and a 0.75 M-parameter VAE" in about
-    assert "(7 DRFA, 120 prior and 12 distillation steps)" in about
+    assert "prior UNet with no VAE (a lossless pixel codec), started from d2vr's shipped prior" in about
+    assert "fine-tuned 10 steps here and distilled 12 steps" in about

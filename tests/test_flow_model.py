@@ -308,3 +308,30 @@ def test_presets_sizes():
     n_raft = sum(p.numel() for p in build(flow_preset("full", "raft")).parameters())
     assert 5.1e6 < n_raft < 5.4e6  # RAFT-large: 5.3M parameters
     assert np.isclose(FlowConfig.from_json(full.to_json()).corr_radius, 4)
+
+
+# --- bf16 (DeepSpeed casts the weights on a GPU; CPU runs bf16 too) ---------------------
+
+@pytest.mark.parametrize("variant", ["drfa", "gma", "raft"])
+def test_training_step_runs_with_bf16_weights(astronaut, variant):
+    """The weights in bf16 (as DeepSpeed's bf16 mode casts them), images bf16, the ground
+    truth flow float32: one drfa_step runs, the flows come out float32, the loss is finite
+    and close to the fp32 model's, and the weights move."""
+    from pipelines.train_drfa import drfa_step
+    from pipelines.train_prior import PlainEngine
+
+    img1, img2, gt = _pairs(astronaut, shifts=[(2.5, -1.5), (-3.0, 2.0)], origins=[(80, 80), (40, 60)])
+    torch.manual_seed(0)
+    model = build(flow_preset("tiny", variant, train_iters=2)).train()
+    with torch.no_grad():
+        ref, _ = sequence_loss(model(img1, img2).flows, gt)
+    model.to(torch.bfloat16)
+    with torch.no_grad():
+        out = model(img1.bfloat16(), img2.bfloat16())
+    assert all(f.dtype == torch.float32 for f in out.flows)
+    engine = PlainEngine(model, torch.optim.AdamW(model.parameters(), lr=1e-3), grad_clip=1.0)
+    before = [p.detach().clone() for p in model.parameters()]
+    loss, metrics = drfa_step(engine, {"img1": img1.bfloat16(), "img2": img2.bfloat16(), "flow": gt,
+                                       "valid": torch.ones_like(gt[:, :1, :, :])[:, 0]}, 0.8, None)
+    assert torch.isfinite(loss) and abs(float(loss) - float(ref)) < 0.1 * float(ref) + 0.05
+    assert any(not torch.equal(a, p) for a, p in zip(before, model.parameters()))

@@ -122,13 +122,17 @@ class FlowNet(nn.Module):
         if flow_init is not None:
             coords1 = coords1 + self._initial_flow(flow_init.to(coords1), amounts, (height, width), (h, w))
 
+        # Correlation, coordinates and flows stay float32 (a bf16 coordinate steps 0.125 px at
+        # 20 px); the update block's inputs take its weights' dtype (bf16 under DeepSpeed on a GPU).
+        wdtype = next(self.update.parameters()).dtype
         flows = []
         for it in range(iters):
             coords1 = coords1.detach()                            # RAFT: no gradient through lookups
             corr_feat = corr.lookup(coords1)                      # (B, L*(2r+1)^2, h, w)
             flow_low = coords1 - coords0
-            net, mask, delta = self.update(net, inp, corr_feat, flow_low, attn)
-            coords1 = coords1 + delta
+            net, mask, delta = self.update(net, inp, corr_feat.to(wdtype), flow_low.to(wdtype), attn)
+            mask = mask.float()
+            coords1 = coords1 + delta.float()
             if not final_only or it == iters - 1:
                 flow_up = up.convex_upsample(coords1 - coords0, mask)  # (B, 2, H8, W8)
                 flows.append(up.crop(flow_up, amounts))

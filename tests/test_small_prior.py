@@ -1,0 +1,181 @@
+"""The `small` prior: lossless pixel codec, hub-layout round trip, learning, bf16 steps."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from models.pixel_codec import PixelUnshuffleCodec, downscale_factor, latent_channels, load_codec
+from models.presets import build_random_bundle
+from models.upscaler import UpscalerBundle, UpscalerConfig, VideoUpscaler
+from pipelines import train_prior as tp
+
+
+def test_codec_is_lossless_and_shaped_like_the_x4_latent():
+    codec = PixelUnshuffleCodec()
+    x = torch.rand(2, 3, 64, 48) * 2 - 1
+    z = codec.encode(x).latent_dist.mode()
+    assert z.shape == (2, 48, 16, 12)                                 # 3 * 4 * 4 channels at 1/4 size
+    assert torch.equal(codec.decode(z).sample, x)                      # bit-exact inverse
+    assert torch.equal(codec.decode(z, return_dict=False)[0], x)
+    # channel 0 of the latent is the top-left pixel of each 4x4 block of the red plane
+    assert torch.equal(z[:, 0], x[:, 0, 0::4, 0::4])
+    with pytest.raises(ValueError, match="multiple"):
+        codec.encode(torch.zeros(1, 3, 30, 32))
+    assert downscale_factor(codec) == 4 and latent_channels(codec) == 48
+
+
+def test_small_bundle_round_trips_through_the_hub_layout(tmp_path):
+    bundle = build_random_bundle("small", seed=3)
+    bundle.save_pretrained(tmp_path / "prior")
+    assert (tmp_path / "prior" / "vae" / "config.json").read_text().count("PixelUnshuffleCodec") == 1
+    assert isinstance(load_codec(str(tmp_path / "prior")), PixelUnshuffleCodec)
+    back = UpscalerBundle.from_pretrained(tmp_path / "prior")
+    assert isinstance(back.vae, PixelUnshuffleCodec)
+    for a, b in zip(bundle.unet.state_dict().values(), back.unet.state_dict().values()):
+        assert torch.equal(a, b)
+    up = VideoUpscaler(back, UpscalerConfig(pretrained=str(tmp_path / "prior")))
+    assert up.scale == 4 and up.extra_channels == 48 + 1      # warped frame unshuffled + "no previous" flag
+    lq = torch.rand(3, 12, 16)
+    hr, state = up.restore_frame(lq, seed=0)
+    assert hr.shape == (3, 48, 64) and 0 <= float(hr.min()) and float(hr.max()) <= 1
+    hr2, _ = up.restore_frame(lq, state, seed=0)
+    assert hr2.shape == hr.shape
+    # the latent is the frame minus the bicubic x4 of its low-res input, and decodes back exactly
+    frame = torch.rand(1, 3, 32, 32)
+    small = torch.nn.functional.interpolate(frame, scale_factor=0.25, mode="area")
+    z = up.encode(frame, small)
+    bicubic = torch.nn.functional.interpolate(small, scale_factor=4, mode="bicubic", align_corners=False).clamp(0, 1)
+    assert torch.allclose(up.decode(torch.zeros_like(z), lq=small), bicubic, atol=1e-6)   # zero latent = bicubic
+    assert torch.allclose(up.decode(z, lq=small), frame, atol=1e-6)
+    with pytest.raises(ValueError, match="pass lq"):
+        up.encode(frame)
+
+
+def test_student_starts_as_the_small_prior():
+    up = VideoUpscaler(build_random_bundle("small", seed=1), UpscalerConfig(pretrained="small"))
+    lq = torch.rand(2, 3, 8, 8)
+    cond = up.lowres_condition(lq, torch.Generator().manual_seed(0))
+    x = torch.randn(2, 48, 8, 8)
+    temporal = up.temporal_input(lq, None)
+    with torch.no_grad():
+        assert torch.equal(up.unet_output("student", x, 500, cond, temporal), up.unet_output("teacher", x, 500, cond))
+
+
+@pytest.fixture(scope="module")
+def frames():
+    return tp.load_sample_frames(["carphone"], "train")
+
+
+def _cfg(**kw):
+    return tp.resolve(tp.PriorTrainConfig(init="small", steps=10, batch_size=4, patch=32, degrade="clean",
+                                          lr=1e-3, warmup=0.0, max_noise_level=50, seed=0, **kw))
+
+
+def test_small_prior_learns_on_small_data(frames):
+    """60 steps on 2 fixed batches: the x0 loss (same t and noise) falls by a quarter. (The
+    UNet starts at x0 = 0, i.e. bicubic: the loss before is bicubic's error.)"""
+    cfg = _cfg()
+    assert cfg.vae_steps == 0 and cfg.joint_decoder == 0            # nothing to learn in a lossless codec
+    torch.manual_seed(0)
+    bundle = tp.build_prior("small", seed=0)
+    engines = tp.plain_engines(bundle, cfg)
+    assert set(engines) == {"unet"}
+    parts = tp.PriorParts(bundle.scheduler, bundle.low_res_scheduler, bundle.prompt_embeds, 1.0, vae=bundle.vae)
+    source = tp.SampleFramePairs(frames, cfg.patch, cfg.degrade, seed=0)
+    data = [source.batch(cfg.batch_size) for _ in range(2)]
+
+    def fixed_loss():
+        with torch.no_grad(), torch.random.fork_rng(devices=[]):
+            torch.manual_seed(7)
+            z = tp.encode_latents(bundle.vae, data[0][1], 1.0, data[0][0])
+            return float(tp.diffusion_objective(bundle.unet, z, data[0][0], parts.scheduler, parts.low_res_scheduler,
+                                                parts.prompt_embeds, cfg.max_noise_level)[0])
+
+    before = fixed_loss()
+    for step in range(60):
+        tp.prior_step(engines, parts, *data[step % 2], "unet", cfg)
+    after = fixed_loss()
+    assert after < 0.75 * before, (before, after)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16])
+def test_small_prior_step_runs_in_bf16(frames, dtype):
+    """The UNet in bf16 (as DeepSpeed casts it on a GPU), targets and latents in fp32."""
+    cfg = _cfg()
+    bundle = tp.build_prior("small", seed=0)
+    bundle.unet.to(dtype)
+    engines = tp.plain_engines(bundle, cfg)
+    parts = tp.PriorParts(bundle.scheduler, bundle.low_res_scheduler, bundle.prompt_embeds, 1.0, vae=bundle.vae)
+    lq, hq = tp.SampleFramePairs(frames, cfg.patch, cfg.degrade, seed=0).batch(2)
+    before = [p.detach().clone() for p in bundle.unet.parameters()]
+    metrics = tp.prior_step(engines, parts, lq, hq, "unet", cfg)
+    assert torch.isfinite(torch.tensor(metrics["unet_loss"]))
+    assert any(not torch.equal(a, p) for a, p in zip(before, bundle.unet.parameters()))   # conv_out at least
+    assert all(p.dtype == dtype for p in bundle.unet.parameters())
+
+
+def test_export_keeps_the_codec(tmp_path, frames):
+    bundle = tp.build_prior("small", seed=0)
+    out = tp.export_prior(bundle, bundle.unet.state_dict(), bundle.vae.state_dict(), 1.0, str(tmp_path / "p"))
+    back = UpscalerBundle.from_pretrained(out)
+    assert isinstance(back.vae, PixelUnshuffleCodec) and back.vae.config.scaling_factor == 1.0
+
+
+def _small_distill_models(dtype=torch.float32):
+    from models.discriminator import LatentDiscriminator
+    from models.flow import build, flow_preset
+    from models.losses import TemporalLPIPS
+    from models.presets import discriminator_preset
+    from pipelines.train_distill_step import DistillModels
+
+    torch.manual_seed(0)
+    bundle = build_random_bundle("small", seed=0)
+    torch.nn.init.normal_(bundle.unet.conv_out.weight, std=0.02)    # as if trained: not the zero start
+    up = VideoUpscaler(bundle, UpscalerConfig(pretrained="small"),
+                       build(flow_preset("tiny", variant="drfa")), dtype=dtype)
+    disc = LatentDiscriminator(up.teacher, discriminator_preset("small")).to(dtype)
+    return DistillModels(up, disc, TemporalLPIPS(backbone="random"))
+
+
+def _clip_batch(frames, b=1, t=2, patch=32):
+    hq = frames[0][:t, :, :patch, :patch].float().div(255)[None].repeat(b, 1, 1, 1, 1)
+    lq = torch.nn.functional.interpolate(hq.flatten(0, 1), scale_factor=0.25, mode="bicubic",
+                                         antialias=True).clamp(0, 1).unflatten(0, (b, t))
+    return {"lq": lq, "hq": hq}
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_small_distill_step_trains_student_and_discriminator(frames, dtype):
+    """One alternating step of Eq. 6 on the small prior, fp32 and bf16 (the GPU path)."""
+    from pipelines.train_distill import distill_step
+    from pipelines.train_distill_step import DistillConfig
+
+    models = _small_distill_models(dtype)
+    up = models.upscaler
+    g = tp.PlainEngine(up.student, torch.optim.Adam(up.trainable_parameters(), lr=1e-3), grad_clip=0.0)
+    d = tp.PlainEngine(models.discriminator, torch.optim.Adam(models.discriminator.parameters(), lr=1e-3),
+                       grad_clip=0.0)
+    s0 = [p.detach().clone() for p in up.student.parameters()]
+    d0 = [p.detach().clone() for p in models.discriminator.parameters()]
+    metrics = distill_step(models, g, d, _clip_batch(frames), DistillConfig(), torch.Generator().manual_seed(0))
+    assert all(torch.isfinite(torch.tensor(v)) for v in metrics.values())
+    assert metrics["distill"] > 0 and metrics["tlpips"] > 0 and "d_loss" in metrics
+    assert any(not torch.equal(a, p) for a, p in zip(s0, up.student.parameters()))
+    assert any(not torch.equal(a, p) for a, p in zip(d0, models.discriminator.parameters()))
+
+
+def test_train_timesteps_restrict_the_student_draws(frames):
+    from pipelines.train_distill_step import DistillConfig, student_rollout
+
+    models = _small_distill_models()
+    batch = _clip_batch(frames, b=8, t=1)
+    cfg = DistillConfig(train_timesteps=(750, 500, 250))
+    roll = student_rollout(models, batch["lq"], batch["hq"], cfg, torch.Generator().manual_seed(0), grad=False,
+                           decode=False)
+    assert set(roll.timesteps.tolist()) <= {750, 500, 250}
+    roll_all = student_rollout(models, batch["lq"], batch["hq"], DistillConfig(),
+                               torch.Generator().manual_seed(3), grad=False, decode=False)
+    assert set(roll_all.timesteps.tolist()) <= {750, 500, 250, 0}
+    with pytest.raises(ValueError, match="not student timesteps"):
+        student_rollout(models, batch["lq"], batch["hq"], DistillConfig(train_timesteps=(600,)), None,
+                        grad=False, decode=False)
