@@ -158,8 +158,10 @@ def save_tiny_pretrained(directory: str | os.PathLike, seed: int = 0) -> Path:
     return build_random_bundle("tiny", seed=seed).save_pretrained(directory)
 
 
-def load_bundle(pretrained: str, prompt: str = "", seed: int = 0, **kwargs) -> UpscalerBundle:
-    """`pretrained` = a built-in random architecture, a hub id or a local directory."""
+def load_bundle(pretrained: str, prompt: str = "", seed: int = 0, negative_prompt: str = "",
+                **kwargs) -> UpscalerBundle:
+    """`pretrained` = a built-in random architecture, a hub id or a local directory. A built-in
+    architecture has no text encoder: its one seeded embedding stands for any prompt."""
     if pretrained in RANDOM_ARCHITECTURES:
         return build_random_bundle(pretrained, seed=seed, prompt=prompt)
-    return UpscalerBundle.from_pretrained(pretrained, prompt=prompt, **kwargs)
+    return UpscalerBundle.from_pretrained(pretrained, prompt=prompt, negative_prompt=negative_prompt, **kwargs)

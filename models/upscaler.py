@@ -18,8 +18,12 @@ noise-augments the low-res input (level 20 by default, as the diffusers pipeline
 
 Text conditioning is one fixed prompt embedding (`UpscalerBundle.prompt_embeds`), computed
 once from the prompt with the CLIP text encoder (sd-x4) or a fixed seeded tensor saved with
-the model (tiny): no text encoder runs per frame. Classifier-free guidance is not used: with
-one fixed prompt (default "") the conditional and unconditional branches coincide.
+the model (tiny): no text encoder runs per frame. The teacher applies classifier-free
+guidance as `StableDiffusionUpscalePipeline` does (`guidance_scale`, default 9, against the
+`negative_prompt` embedding, default ""): with the default prompt "" both embeddings are the
+same and guidance is skipped (it would change nothing); with another prompt every teacher
+call runs the UNet on [negative, prompt] and mixes the two. The student is not guided: it
+learns the guided teacher's outputs (guidance distillation).
 
 Samplers: `sample_few_step` (the student's: predict x0 at each timestep of
 `cfg.student_timesteps`, default the paper's (750, 500, 250, 0), and re-noise it with fresh
@@ -61,6 +65,8 @@ class UpscalerConfig:
     # architecture ("tiny", "sd-x4-random")
     pretrained: str = SD_X4_REPO
     prompt: str = ""                                      # the one fixed prompt; "" = no text guidance
+    negative_prompt: str = ""                             # the teacher's guidance baseline (the pipeline's "")
+    guidance_scale: float = 9.0                           # teacher's classifier-free guidance (pipeline default; >1 on)
     noise_level: int = 20                                 # low-res noise augmentation, pipeline default (max 350)
     student_timesteps: tuple[int, ...] = (750, 500, 250, 0)  # paper's T_student; the first starts from noise
     teacher_steps: int = 50                               # teacher sampler steps (the paper's 12x: 4 vs 50)
@@ -79,6 +85,8 @@ class UpscalerConfig:
             raise ValueError(f"noise_level must be in [0, 350], got {self.noise_level}")
         if self.teacher_steps < 1:
             raise ValueError(f"teacher_steps must be >= 1, got {self.teacher_steps}")
+        if not self.guidance_scale >= 0:
+            raise ValueError(f"guidance_scale must be >= 0, got {self.guidance_scale}")
         temporal_channels(self.temporal_encoding, 4)  # validates the name
 
 
@@ -112,9 +120,11 @@ class UpscalerBundle:
     low_res_scheduler: DDPMScheduler         # noise augmentation of the low-res input
     prompt_embeds: torch.Tensor              # (1, L, cross_attention_dim)
     prompt: str = ""
+    negative_prompt_embeds: torch.Tensor | None = None   # (1, L, D) of negative_prompt; None: the same
+    negative_prompt: str = ""                            # as prompt_embeds (guidance changes nothing)
 
     @classmethod
-    def from_pretrained(cls, source: str | os.PathLike, prompt: str = "", *,
+    def from_pretrained(cls, source: str | os.PathLike, prompt: str = "", *, negative_prompt: str = "",
                         torch_dtype: torch.dtype | None = None, **kwargs) -> "UpscalerBundle":
         """Load `unet/`, `vae/`, `scheduler/`, `low_res_scheduler/` from a hub id or a directory.
 
@@ -127,17 +137,15 @@ class UpscalerBundle:
         vae = load_codec(source, subfolder="vae", torch_dtype=torch_dtype, **kwargs)
         scheduler = DDIMScheduler.from_pretrained(source, subfolder="scheduler", **kwargs)
         low_res = DDPMScheduler.from_pretrained(source, subfolder="low_res_scheduler", **kwargs)
-        embeds = None
-        local = Path(source) / PROMPT_EMBEDS_FILE
-        if local.is_file():
-            from safetensors import safe_open
-
-            with safe_open(str(local), framework="pt") as f:
-                if (f.metadata() or {}).get("prompt", "") == prompt:
-                    embeds = f.get_tensor("prompt_embeds")
-        if embeds is None:
-            embeds = encode_prompt(source, prompt)
-        return cls(unet, vae, scheduler, low_res, embeds.float(), prompt)
+        embeds = _saved_embeds(source, {"prompt": prompt, "negative_prompt": negative_prompt})
+        pos = embeds.get("prompt_embeds")
+        pos = pos if pos is not None else encode_prompt(source, prompt)
+        neg = None
+        if negative_prompt != prompt:
+            neg = embeds.get("negative_prompt_embeds")
+            neg = neg if neg is not None else encode_prompt(source, negative_prompt)
+        return cls(unet, vae, scheduler, low_res, pos.float(), prompt,
+                   None if neg is None else neg.float(), negative_prompt)
 
     def save_pretrained(self, directory: str | os.PathLike) -> Path:
         """Write the hub layout (+ `prompt_embeds.safetensors`); `from_pretrained` reads it back."""
@@ -149,9 +157,31 @@ class UpscalerBundle:
         self.vae.save_pretrained(out / "vae")
         self.scheduler.save_pretrained(out / "scheduler")
         self.low_res_scheduler.save_pretrained(out / "low_res_scheduler")
-        save_file({"prompt_embeds": self.prompt_embeds.detach().float().cpu().contiguous()},
-                  str(out / PROMPT_EMBEDS_FILE), metadata={"prompt": self.prompt})
+        tensors = {"prompt_embeds": self.prompt_embeds.detach().float().cpu().contiguous()}
+        if self.negative_prompt_embeds is not None:
+            tensors["negative_prompt_embeds"] = self.negative_prompt_embeds.detach().float().cpu().contiguous()
+        save_file(tensors, str(out / PROMPT_EMBEDS_FILE),
+                  metadata={"prompt": self.prompt, "negative_prompt": self.negative_prompt})
         return out
+
+
+def _saved_embeds(source: str, want: dict[str, str]) -> dict[str, torch.Tensor]:
+    """The embeddings in `source`/prompt_embeds.safetensors whose prompts match `want`
+    ({"prompt": ..., "negative_prompt": ...}); a file written without a negative prompt
+    counts as negative prompt ""."""
+    local = Path(source) / PROMPT_EMBEDS_FILE
+    if not local.is_file():
+        return {}
+    from safetensors import safe_open
+
+    out = {}
+    with safe_open(str(local), framework="pt") as f:
+        meta = f.metadata() or {}
+        if meta.get("prompt", "") == want["prompt"]:
+            out["prompt_embeds"] = f.get_tensor("prompt_embeds")
+        if meta.get("negative_prompt", "") == want["negative_prompt"] and "negative_prompt_embeds" in f.keys():
+            out["negative_prompt_embeds"] = f.get_tensor("negative_prompt_embeds")
+    return out
 
 
 # --------------------------------------------------------------------------- helpers
@@ -327,6 +357,11 @@ class VideoUpscaler(nn.Module):
         self.low_res_scheduler = bundle.low_res_scheduler
         self.alphas_cumprod = bundle.scheduler.alphas_cumprod.detach().float().clone()  # (1000,)
         self.register_buffer("prompt_embeds", bundle.prompt_embeds.detach().clone(), persistent=False)
+        neg = bundle.negative_prompt_embeds
+        # guidance only where it changes something: a scale above 1 and a different baseline
+        self.guided = (cfg.guidance_scale > 1 and neg is not None and not torch.equal(neg, bundle.prompt_embeds))
+        self.register_buffer("negative_prompt_embeds", (neg if self.guided else bundle.prompt_embeds).detach().clone(),
+                             persistent=False)
         self.scaling_factor = float(bundle.vae.config.scaling_factor)
         self.timer: SectionTimer | None = None
         device = torch.device(device)
@@ -335,6 +370,7 @@ class VideoUpscaler(nn.Module):
             if module is not None:
                 _move(module, device, want)
         self.prompt_embeds = self.prompt_embeds.to(device, dtype)
+        self.negative_prompt_embeds = self.negative_prompt_embeds.to(device, dtype)
 
     # ---- construction shortcuts
 
@@ -345,7 +381,7 @@ class VideoUpscaler(nn.Module):
         """Load (or, for "tiny"/"sd-x4-random", build) `cfg.pretrained`; `student_unet` may be a path."""
         from models.presets import load_bundle
 
-        bundle = load_bundle(cfg.pretrained, prompt=cfg.prompt, seed=seed)
+        bundle = load_bundle(cfg.pretrained, prompt=cfg.prompt, negative_prompt=cfg.negative_prompt, seed=seed)
         if student_unet is not None and not isinstance(student_unet, nn.Module):
             student_unet = UNet2DConditionModel.from_pretrained(str(student_unet))
         return cls(bundle, cfg, flow_net, student_unet=student_unet, device=device, dtype=dtype,
@@ -474,10 +510,16 @@ class VideoUpscaler(nn.Module):
         b = x_t.shape[0]
         inp = torch.cat([p.to(self.device, self.dtype) for p in parts], dim=1)
         enc = self.prompt_embeds.expand(b, -1, -1)
+        t, labels = self._timesteps(t, b), cond.noise_level
+        if which == "teacher" and self.guided:        # the pipeline's CFG: [negative, prompt] in one batch
+            inp, t, labels = torch.cat([inp, inp]), torch.cat([t, t]), torch.cat([labels, labels])
+            enc = torch.cat([self.negative_prompt_embeds.expand(b, -1, -1), enc])
         with self._section("unet"):
-            out = unet(inp, self._timesteps(t, b), encoder_hidden_states=enc,
-                       class_labels=cond.noise_level, return_dict=False)[0]
-        return out.float()
+            out = unet(inp, t, encoder_hidden_states=enc, class_labels=labels, return_dict=False)[0].float()
+        if which == "teacher" and self.guided:
+            uncond, text = out.chunk(2)
+            out = uncond + self.cfg.guidance_scale * (text - uncond)
+        return out
 
     def predict_x0(self, which: str, x_t: torch.Tensor, t, cond: LowResCondition,
                    temporal: torch.Tensor | None = None) -> torch.Tensor:

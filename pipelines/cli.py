@@ -1,7 +1,9 @@
 """Typed dataclass configs <-> command-line flags, with no registry magic.
 
 `parse(MyConfig)` builds an argparse parser from the dataclass fields (a field `clip_len`
-becomes `--clip-len`, its help is the comment-free `metadata["help"]` if given), parses
+becomes `--clip-len`; its help is the field's comment in the source: the trailing `# ...`
+on its line, its continuation lines, or the `# ...` lines just above it; `metadata["help"]`
+wins if given), parses
 `sys.argv`, and returns a `MyConfig`. Booleans take `--flag/--no-flag`; tuples and
 lists take several values and the flag repeats (`--method a=x --method b=y` is the same as
 `--method a=x b=y`; a given flag replaces the default, it does not add to it);
@@ -11,7 +13,12 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
+import inspect
+import io
 import json
+import re
+import tokenize
 import types
 import typing
 
@@ -42,6 +49,52 @@ class _Repeatable(argparse.Action):
         setattr(namespace, self.dest, (list(current) if given_before else []) + list(values))
 
 
+_FIELD = re.compile(r"^\s+([A-Za-z_]\w*)\s*:")
+
+
+@functools.lru_cache(maxsize=None)
+def _class_comments(cls) -> dict[str, str]:
+    """{field: its comment} read from one class's source (empty if the source is unavailable)."""
+    try:
+        source = inspect.getsource(cls)
+    except (OSError, TypeError):
+        return {}
+    comments: dict[int, str] = {}
+    for tok in tokenize.generate_tokens(io.StringIO(source).readline):
+        if tok.type == tokenize.COMMENT and not tok.string.lstrip("#").strip().startswith("---"):
+            comments[tok.start[0]] = tok.string.lstrip("#").strip()    # "# --- x" heads a section
+    lines = source.splitlines()
+    out: dict[str, str] = {}
+    above: list[str] = []
+    last = None
+    for n, line in enumerate(lines, start=1):
+        m = _FIELD.match(line)
+        stripped = line.strip()
+        if m and not stripped.startswith(("def ", "@")):
+            text = above + ([comments[n]] if n in comments and not stripped.startswith("#") else [])
+            last = m.group(1)
+            out[last] = " ".join(t for t in text if t)
+            above = []
+        elif stripped.startswith("#"):
+            indent_cont = last is not None and line.index("#") > 8 and not above
+            if indent_cont and out.get(last):        # a trailing comment continued on the next line
+                out[last] += " " + comments.get(n, "")
+            else:
+                above.append(comments.get(n, ""))
+        else:
+            above, last = [], (None if stripped else last)
+    return out
+
+
+def field_help(config_cls, name: str) -> str:
+    """The comment that documents field `name` of `config_cls` (searched through its bases)."""
+    for klass in config_cls.__mro__:
+        text = _class_comments(klass).get(name) if dataclasses.is_dataclass(klass) else None
+        if text:
+            return text
+    return ""
+
+
 def add_arguments(parser: argparse.ArgumentParser, config_cls, defaults=None) -> None:
     hints = typing.get_type_hints(config_cls)
     defaults = defaults or config_cls()
@@ -51,7 +104,8 @@ def add_arguments(parser: argparse.ArgumentParser, config_cls, defaults=None) ->
         tp, optional = _base_type(hints[field.name])
         flag = "--" + field.name.replace("_", "-")
         default = getattr(defaults, field.name)
-        help_text = field.metadata.get("help", "") + f" (default: {default})"
+        text = field.metadata.get("help") or field_help(config_cls, field.name)
+        help_text = ((text + " " if text else "") + f"(default: {default})").replace("%", "%%")
         if tp is bool:
             parser.add_argument(flag, dest=field.name, action=argparse.BooleanOptionalAction,
                                 default=default, help=help_text)
@@ -84,7 +138,8 @@ def from_namespace(config_cls, namespace: argparse.Namespace, base=None):
 
 
 def parse(config_cls, argv=None, description: str | None = None, defaults=None):
-    parser = argparse.ArgumentParser(description=description or (config_cls.__doc__ or "").strip())
+    parser = argparse.ArgumentParser(description=description or (config_cls.__doc__ or "").strip(),
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     add_arguments(parser, config_cls, defaults)
     return from_namespace(config_cls, parser.parse_args(argv), defaults)
 

@@ -100,6 +100,8 @@ class DistillTrainConfig(tc.TrainRunConfig):
     flow: str = "runs/demo/drfa/drfa.safetensors"  # DRFA export (jobs/pretrain_drfa.py), frozen; "none": zero flow
     out: str = "runs/demo/model"           # export folder: one complete restorable model (see module doc)
     prompt: str = ""                       # the prior's fixed prompt ("" = no text guidance)
+    negative_prompt: str = ""              # the teacher's classifier-free guidance baseline (the pipeline's "")
+    guidance_scale: float = 9.0            # teacher's guidance scale (the pipeline's 9; a no-op for prompt "")
     model_seed: int = 0                    # weights of a built-in teacher ("tiny")
     # --- the paper's recipe (Sec. 3.1)
     steps: int = 5000                      # optimizer steps of each of G and D (paper: 5000)
@@ -107,7 +109,7 @@ class DistillTrainConfig(tc.TrainRunConfig):
     lr: float = 2e-5                       # student Adam learning rate, fixed (paper: 2e-5)
     d_lr: float = 2e-5                     # discriminator Adam learning rate, fixed (paper: one Adam at 2e-5)
     adam_beta1: float = 0.9                # Adam betas (the paper names Adam only: torch's defaults)
-    adam_beta2: float = 0.999
+    adam_beta2: float = 0.999              # (torch's default, as beta1)
     grad_clip: float = 0.0                 # gradient-norm clip of both engines; 0 = none (the paper names none)
     student_timesteps: tuple[int, ...] = (750, 500, 250, 0)  # T_student (paper); the first starts from noise
     distill_weight: float = 1.0            # weight of L_distill (Eq. 6)
@@ -116,7 +118,7 @@ class DistillTrainConfig(tc.TrainRunConfig):
     adversarial_form: str = "hinge"        # hinge (ADD) | non_saturating | paper (Eq. 3-4 literally)
     distill_weighting: str = "alpha_bar"   # c(tau): alpha_bar (ADD) | sds
     teacher_t_min: int = 20                # teacher re-noising timesteps tau ~ U[min, max] (of 1000)
-    teacher_t_max: int = 980
+    teacher_t_max: int = 980               # ... and their upper bound
     first_step_input: str = "noise"        # student input at T_student[0]: noise (as the sampler) | diffused_real
     previous_frame: str = "sampled"        # temporal input of frame t: sampled (as inference) | student | gt
     discriminator_isolation: str = "detached"  # how D stays out of the generator's backward: detached | requires_grad
@@ -150,6 +152,7 @@ class DistillTrainConfig(tc.TrainRunConfig):
         from models.upscaler import UpscalerConfig
 
         return UpscalerConfig(pretrained=pretrained or self.teacher, prompt=self.prompt,
+                              negative_prompt=self.negative_prompt, guidance_scale=self.guidance_scale,
                               noise_level=self.noise_level, student_timesteps=tuple(self.student_timesteps),
                               temporal_encoding=self.temporal_encoding, flow_iters=self.flow_iters or None)
 
@@ -227,7 +230,7 @@ def build_models(cfg: DistillTrainConfig, device: torch.device | str = "cpu", dt
 
     device = torch.device(device)
     with storage.local_dir(cfg.teacher) as teacher:
-        bundle = load_bundle(teacher, prompt=cfg.prompt, seed=cfg.model_seed)
+        bundle = load_bundle(teacher, prompt=cfg.prompt, negative_prompt=cfg.negative_prompt, seed=cfg.model_seed)
     flow_net = None
     if cfg.flow.lower() != "none":
         from models.flow import load as load_flow
@@ -335,13 +338,17 @@ def export_model(folder: str | os.PathLike, models, cfg: DistillTrainConfig, *, 
 
             scheduler = bundle.scheduler if bundle is not None else DDIMScheduler.from_config(up.scheduler_config)
             UpscalerBundle(unet=up.teacher, vae=up.vae, scheduler=scheduler, low_res_scheduler=up.low_res_scheduler,
-                           prompt_embeds=up.prompt_embeds.detach().float().cpu(), prompt=cfg.prompt
+                           prompt_embeds=up.prompt_embeds.detach().float().cpu(), prompt=cfg.prompt,
+                           negative_prompt_embeds=(up.negative_prompt_embeds.detach().float().cpu()
+                                                   if up.guided else None),
+                           negative_prompt=cfg.negative_prompt
                            ).save_pretrained(out)
         else:                                # bf16 / GPU copies: save the fp32 source instead
             from models.presets import load_bundle
 
             with storage.local_dir(cfg.teacher) as teacher:
-                load_bundle(teacher, prompt=cfg.prompt, seed=cfg.model_seed).save_pretrained(out)
+                load_bundle(teacher, prompt=cfg.prompt, negative_prompt=cfg.negative_prompt,
+                            seed=cfg.model_seed).save_pretrained(out)
         if up.flow_net is not None:
             from models.flow import save as save_flow
 
