@@ -94,20 +94,38 @@ class UpscalerConfig:
 
 
 @functools.lru_cache(maxsize=8)
-def _encode_prompt_cached(source: str, prompt: str) -> torch.Tensor:
+def _encode_prompt_cached(source: str, prompt: str, hub_kwargs: tuple = ()) -> torch.Tensor:
     from transformers import CLIPTextModel, CLIPTokenizer
 
-    tokenizer = CLIPTokenizer.from_pretrained(source, subfolder="tokenizer")
-    text_encoder = CLIPTextModel.from_pretrained(source, subfolder="text_encoder").eval()
+    kwargs = dict(hub_kwargs)
+    tokenizer = CLIPTokenizer.from_pretrained(source, subfolder="tokenizer", **kwargs)
+    text_encoder = CLIPTextModel.from_pretrained(source, subfolder="text_encoder", **kwargs).eval()
     ids = tokenizer(prompt, padding="max_length", max_length=tokenizer.model_max_length,
                     truncation=True, return_tensors="pt").input_ids
     with torch.no_grad():
         return text_encoder(ids)[0].float()                 # (1, 77, 1024) for sd-x4
 
 
-def encode_prompt(source: str, prompt: str = "") -> torch.Tensor:
-    """(1, L, D) CLIP embedding of `prompt` with the text encoder of `source` (run once, cached)."""
-    return _encode_prompt_cached(str(source), prompt).clone()
+HUB_KWARGS = ("revision", "local_files_only", "cache_dir", "token", "force_download", "proxies")
+X4_VAE_SCALING = 0.08333                     # the x4 upscaler's; StableDiffusionUpscalePipeline sets it too
+
+
+def encode_prompt(source: str, prompt: str = "", **kwargs) -> torch.Tensor:
+    """(1, L, D) CLIP embedding of `prompt` with the text encoder of `source` (run once, cached).
+    `kwargs`: the hub options (`revision`, `local_files_only`, ...) the tokenizer and text
+    encoder are loaded with, as the UNet and VAE are."""
+    hub = tuple(sorted((k, v) for k, v in kwargs.items() if k in HUB_KWARGS))
+    return _encode_prompt_cached(str(source), prompt, hub).clone()
+
+
+def _enforce_x4_vae_scaling(source: str, unet, vae, kwargs: dict) -> None:
+    """A copy of the x4 upscaler (7-channel UNet) whose vae/config.json lacks scaling_factor
+    would decode with diffusers' default 0.18215 (2.2x off): use the x4 value, as the pipeline."""
+    if not isinstance(vae, AutoencoderKL) or unet.config.in_channels != 7:
+        return
+    raw = AutoencoderKL.load_config(source, subfolder="vae", **{k: v for k, v in kwargs.items() if k in HUB_KWARGS})
+    if "scaling_factor" not in raw:
+        vae.register_to_config(scaling_factor=X4_VAE_SCALING)
 
 
 @dataclasses.dataclass
@@ -135,15 +153,16 @@ class UpscalerBundle:
         source = str(source)
         unet = UNet2DConditionModel.from_pretrained(source, subfolder="unet", torch_dtype=torch_dtype, **kwargs)
         vae = load_codec(source, subfolder="vae", torch_dtype=torch_dtype, **kwargs)
+        _enforce_x4_vae_scaling(source, unet, vae, kwargs)
         scheduler = DDIMScheduler.from_pretrained(source, subfolder="scheduler", **kwargs)
         low_res = DDPMScheduler.from_pretrained(source, subfolder="low_res_scheduler", **kwargs)
         embeds = _saved_embeds(source, {"prompt": prompt, "negative_prompt": negative_prompt})
         pos = embeds.get("prompt_embeds")
-        pos = pos if pos is not None else encode_prompt(source, prompt)
+        pos = pos if pos is not None else encode_prompt(source, prompt, **kwargs)
         neg = None
         if negative_prompt != prompt:
             neg = embeds.get("negative_prompt_embeds")
-            neg = neg if neg is not None else encode_prompt(source, negative_prompt)
+            neg = neg if neg is not None else encode_prompt(source, negative_prompt, **kwargs)
         return cls(unet, vae, scheduler, low_res, pos.float(), prompt,
                    None if neg is None else neg.float(), negative_prompt)
 
@@ -317,7 +336,7 @@ def _freeze(module: nn.Module | None) -> None:
 class VideoUpscaler(nn.Module):
     """Single-image x4 diffusion prior + temporally conditioned few-step student.
 
-    device / dtype: where and in what precision the UNets run; `vae_dtype` (default: dtype)
+    device / dtype: where and in what precision the UNets run; `vae_dtype` (default: float32)
     is the VAE's, separately, since the x4 VAE overflows in fp16. The flow net always runs
     in float32. `student_unet` loads a trained student (else one is made from the prior).
     """
@@ -365,7 +384,7 @@ class VideoUpscaler(nn.Module):
         self.scaling_factor = float(bundle.vae.config.scaling_factor)
         self.timer: SectionTimer | None = None
         device = torch.device(device)
-        for module, want in ((self.student, dtype), (self.teacher, dtype), (self.vae, vae_dtype or dtype),
+        for module, want in ((self.student, dtype), (self.teacher, dtype), (self.vae, vae_dtype or torch.float32),
                              (self.flow_net, torch.float32)):
             if module is not None:
                 _move(module, device, want)

@@ -649,7 +649,7 @@ def _ensure_ray(cfg: RestoreConfig):
     import ray
 
     if not ray.is_initialized():
-        env = {k: v for k, v in os.environ.items() if k.startswith("AWS_")}
+        env = storage.worker_env()
         if not (cfg.ray_address or os.environ.get("RAY_ADDRESS")):     # a local Ray: workers import from here
             root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
             env["PYTHONPATH"] = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)

@@ -46,6 +46,19 @@ def _umask() -> int:
     return mask
 
 
+# what a Ray worker needs from the driver's environment to reach the same storage and models:
+# S3 credentials and endpoint, the Hugging Face token/cache/mirror (hub ids such as the x4
+# upscaler), the torch hub cache (LPIPS' AlexNet, metric weights)
+WORKER_ENV_PREFIXES = ("AWS_",)
+WORKER_ENV_NAMES = ("HF_TOKEN", "HF_HOME", "HF_ENDPOINT", "HF_HUB_OFFLINE", "HF_HUB_CACHE", "TORCH_HOME")
+
+
+def worker_env(environ=None) -> dict[str, str]:
+    """The driver's variables that Ray workers get (`runtime_env={"env_vars": ...}`)."""
+    environ = os.environ if environ is None else environ
+    return {k: v for k, v in environ.items() if k.startswith(WORKER_ENV_PREFIXES) or k in WORKER_ENV_NAMES}
+
+
 def is_remote(url: str) -> bool:
     return "://" in str(url) and not str(url).startswith("file://")
 

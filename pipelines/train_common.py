@@ -201,7 +201,9 @@ def run(train_loop: Callable[[dict], None], loop_config: dict, run: TrainRunConf
     from ray.train.torch import TorchConfig, TorchTrainer
 
     if not ray.is_initialized():
-        ray.init(runtime_env={"env_vars": {k: v for k, v in os.environ.items() if k.startswith("AWS_")}})
+        from pipelines import storage
+
+        ray.init(runtime_env={"env_vars": storage.worker_env()})
     # Ray Train V2 reroutes print() on workers into its logger and, where stdout is
     # wrapped (as in Ray workers), also prints it: every progress line came out twice.
     # Plain print() it is; the driver passes this variable on to the workers.

@@ -178,6 +178,17 @@ def check_config(cfg: DistillTrainConfig) -> None:
         raise ValueError(f"--tlpips-backbone must be pretrained|random and --tlpips-net alex|vgg, got "
                          f"{cfg.tlpips_backbone!r}, {cfg.tlpips_net!r}")
     _dtype(cfg.vae_dtype)
+    from degrade import PRESETS, preset
+    from degrade.sampling import check_size
+
+    if cfg.degrade not in PRESETS:
+        raise ValueError(f"--degrade {cfg.degrade!r}: choose from {', '.join(PRESETS)}")
+    if cfg.crop < 4 or cfg.crop % 4:
+        raise ValueError(f"--crop {cfg.crop}: must be a positive multiple of 4 (the x4 low-res crop is crop / 4)")
+    try:
+        check_size(preset(cfg.degrade, scale=4), cfg.crop, cfg.crop, what=f"--crop {cfg.crop}")
+    except ValueError as exc:
+        raise ValueError(f"{exc} (--degrade {cfg.degrade})") from None
     if cfg.lambda_tlpips > 0 and cfg.tlpips_backbone == "pretrained":
         from models import losses
 
