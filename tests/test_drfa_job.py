@@ -33,3 +33,20 @@ def test_pretrain_drfa_survives_a_worker_death_and_exports(ray_local, training_s
     # of training from scratch: asking for 10 steps runs only the 2 missing ones.
     again = pretrain_drfa(DRFATrainConfig(**{**cfg.__dict__, "steps": 10, "fail_at_step": -1}))
     assert again["steps"] == 10 and again["resumed_from"] == 8, again
+
+
+@pytest.mark.slow
+def test_pretrain_drfa_runs_in_bf16_on_cpu(ray_local, training_shards, tmp_path):
+    """The cluster path's precision (DeepSpeed bf16: the flow net's weights cast to bf16) on the
+    CPU: it used to fail at step 1 (a bf16 bias met fp32 features in the update block)."""
+    from models.flow import load
+
+    cfg = DRFATrainConfig(
+        shards=training_shards, out=str(tmp_path / "export"), storage_path=str(tmp_path / "ray"),
+        run_name=f"drfa-bf16-{uuid.uuid4().hex[:8]}", num_workers=1, steps=3, checkpoint_every=3, report_every=1,
+        batch_size=2, crop=64, loader_workers=0, degrade="medium",
+        deepspeed_config="configs/deepspeed_zero2_bf16.json")
+    summary = pretrain_drfa(cfg)
+    assert summary["steps"] == 3 and summary["loss"] == summary["loss"] and summary["loss"] < 1e4   # finite
+    model = load(summary["export"])
+    assert next(model.parameters()).dtype == torch.float32      # the export is fp32 whatever trained it
