@@ -28,6 +28,8 @@ class DiscriminatorConfig:
     head_channels: int = 128        # hidden width of each head (light: << the UNet's 256..1024)
     head_groups: int = 32           # GroupNorm groups in the heads (reduced to divide head_channels)
     use_mid_block: bool = True      # also a head on the mid block's output
+    train_encoder: bool = True      # False: only the heads train, the encoder stays the prior's (LADD-style:
+                                    # no gradients or Adam state for ~203 M sd-x4 encoder parameters)
 
 
 class LogitHead(nn.Sequential):
@@ -72,6 +74,11 @@ class LatentDiscriminator(nn.Module):
             widths.append(widths[-1])
         p = next(prior_unet.parameters())
         self.heads = nn.ModuleList(LogitHead(c, cfg.head_channels, cfg.head_groups) for c in widths).to(p.device)
+        if not cfg.train_encoder:
+            self.encoder.requires_grad_(False)
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        return [p for p in self.parameters() if p.requires_grad]
 
     @property
     def in_channels(self) -> int:

@@ -124,6 +124,8 @@ class DistillTrainConfig(tc.TrainRunConfig):
     discriminator_isolation: str = "detached"  # how D stays out of the generator's backward: detached | requires_grad
     train_timesteps: tuple[int, ...] = ()  # T_student entries training draws s from; () = all (e.g. 750 500 250: no t=0)
     d_head_channels: int = 0               # D head width; 0 = min(128, the prior's first block width)
+    d_train_encoder: bool = True           # False: D trains its heads only, its encoder stays the prior's (LADD)
+    gradient_checkpointing: bool = False   # recompute the student's block activations in backward (less memory)
     tlpips_net: str = "alex"               # T-LPIPS feature net: alex | vgg
     tlpips_backbone: str = "pretrained"    # pretrained (ImageNet, local torch hub cache) | random (tests only)
     # --- upscaler (stored in the export's restorer.json)
@@ -253,7 +255,12 @@ def build_models(cfg: DistillTrainConfig, device: torch.device | str = "cpu", dt
     head = cfg.d_head_channels or min(128, int(up.teacher.config.block_out_channels[0]))
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed + 1)
-        disc = LatentDiscriminator(up.teacher, discriminator_preset("sd-x4", head_channels=head))
+        disc = LatentDiscriminator(up.teacher, discriminator_preset("sd-x4", head_channels=head,
+                                                                    train_encoder=cfg.d_train_encoder))
+        if cfg.gradient_checkpointing:
+            # the student only: a checkpointed D block would be recomputed in the generator's
+            # backward with D's real parameters, which the isolation keeps out of that graph
+            up.student.enable_gradient_checkpointing()
         tlpips = None
         if cfg.lambda_tlpips > 0:
             tlpips = TemporalLPIPS(net=cfg.tlpips_net, backbone=cfg.tlpips_backbone).to(device)
@@ -447,7 +454,8 @@ def train_loop_per_worker(config: dict) -> None:
     g_engine, _, _ = tc.init_engine(up.student, torch.optim.Adam(up.trainable_parameters(), lr=cfg.lr, betas=betas),
                                     ds_config)
     d_engine, _, _ = tc.init_engine(models.discriminator,
-                                    torch.optim.Adam(models.discriminator.parameters(), lr=cfg.d_lr, betas=betas),
+                                    torch.optim.Adam(models.discriminator.trainable_parameters(), lr=cfg.d_lr,
+                                                     betas=betas),
                                     ds_config)
     up.student = g_engine                # every student forward through its engine (module docstring)
     models.discriminator = d_engine      # the D step through its engine; the G step uses d_engine.module

@@ -179,3 +179,44 @@ def test_train_timesteps_restrict_the_student_draws(frames):
     with pytest.raises(ValueError, match="not student timesteps"):
         student_rollout(models, batch["lq"], batch["hq"], DistillConfig(train_timesteps=(600,)), None,
                         grad=False, decode=False)
+
+
+def test_student_gradient_checkpointing_gives_the_same_gradients(frames):
+    """`--gradient-checkpointing`: the same student gradients (recomputed, not stored), and the
+    discriminator still gets none in the generator step."""
+    from pipelines.train_distill_step import DistillConfig, generator_step
+
+    grads = []
+    for checkpointing in (False, True):
+        models = _small_distill_models()
+        models.upscaler.train()
+        if checkpointing:
+            models.upscaler.student.enable_gradient_checkpointing()
+        loss, _ = generator_step(models, _clip_batch(frames), DistillConfig(), torch.Generator().manual_seed(0))
+        loss.backward()
+        assert all(p.grad is None for p in models.discriminator.parameters())
+        grads.append([p.grad.clone() for p in models.upscaler.student.parameters()])
+    assert all(torch.allclose(a, b, atol=1e-6, rtol=1e-5) for a, b in zip(*grads))
+    assert sum(float(g.abs().sum()) for g in grads[0]) > 0
+
+
+def test_discriminator_heads_only_keeps_the_encoder(frames):
+    """`--no-d-train-encoder` (LADD-style): D's step moves its heads, never its encoder."""
+    from models.discriminator import LatentDiscriminator
+    from models.presets import discriminator_preset
+    from pipelines.train_distill import distill_step
+    from pipelines.train_distill_step import DistillConfig
+
+    models = _small_distill_models()
+    up = models.upscaler
+    models.discriminator = LatentDiscriminator(up.teacher, discriminator_preset("small", train_encoder=False))
+    d = models.discriminator
+    trainable = d.trainable_parameters()
+    assert trainable and all(any(p is q for q in d.heads.parameters()) for p in trainable)
+    enc0 = [p.detach().clone() for p in d.encoder.parameters()]
+    heads0 = [p.detach().clone() for p in d.heads.parameters()]
+    g = tp.PlainEngine(up.student, torch.optim.Adam(up.trainable_parameters(), lr=1e-3), grad_clip=0.0)
+    de = tp.PlainEngine(d, torch.optim.Adam(trainable, lr=1e-3), grad_clip=0.0)
+    distill_step(models, g, de, _clip_batch(frames), DistillConfig(), torch.Generator().manual_seed(0))
+    assert all(torch.equal(a, p) for a, p in zip(enc0, d.encoder.parameters()))
+    assert any(not torch.equal(a, p) for a, p in zip(heads0, d.heads.parameters()))
