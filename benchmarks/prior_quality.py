@@ -56,6 +56,8 @@ def parse_args(argv=None):
     p.add_argument("--anchor-weight", type=float, default=tp.PriorTrainConfig.anchor_weight)
     p.add_argument("--max-noise-level", type=int, default=100,
                    help="training noise levels ~ U[0, max) (SD x4: 350; sampled at 20, so a short run focuses)")
+    p.add_argument("--high-t-share", type=float, default=tp.PriorTrainConfig.high_t_share,
+                   help="share of each batch at t >= 750 (-1: the preset's default)")
     p.add_argument("--eval-frames", type=int, default=3, help="held-out frames per video")
     p.add_argument("--eval-crop", type=int, default=256, help="centre crop of the HR frame (px), 0 = whole")
     p.add_argument("--noise-level", type=int, default=20, help="low-res augmentation level at sampling")
@@ -239,7 +241,8 @@ def main(argv=None) -> dict:
     cfg = tp.resolve(tp.PriorTrainConfig(
         init=args.init, steps=2, vae_steps=1 if args.init == "tiny" else 0, joint_decoder=int(args.init == "tiny"), batch_size=args.batch_size, patch=args.patch,
         vae_crop=args.vae_crop, degrade=args.degrade, lr=args.lr, vae_lr=args.vae_lr,
-        anchor_weight=args.anchor_weight, max_noise_level=args.max_noise_level, seed=args.seed))
+        anchor_weight=args.anchor_weight, max_noise_level=args.max_noise_level, seed=args.seed,
+        high_t_share=args.high_t_share))
     stats = None if args.skip_train else train(args, cfg)
     results = evaluate(args)
     report(results, args.videos.split(","), stats, args)

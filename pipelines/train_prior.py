@@ -65,6 +65,10 @@ class PriorTrainConfig(tc.TrainRunConfig):
     final_lr: float = 0.1                # cosine decay to this fraction of the peak at the end of a stage
     grad_clip: float = 1.0               # gradient norm clip (diffusers' examples)
     max_noise_level: int = 350           # low-res augmentation level ~ U[0, max) (SD x4 training: 350)
+    # share of each batch drawn at t in [high_t_from, 999], the rest ~ U[0, 999]: where the few-step
+    # sampler starts from noise the UNet must restore from the low-res frame alone; -1: 0.5 for small, else 0
+    high_t_share: float = -1.0
+    high_t_from: int = 750               # lower end of those timesteps
     kl_weight: float = 1e-6              # KL per latent element vs L1 per pixel (LDM's order of magnitude)
     anchor_weight: float = -1.0          # pull latent ch 0..2 to the 4x4 box average; -1: 1 for tiny, else 0
     sample_posterior: bool = False       # VAE recon from a posterior sample; False: its mode (as encode() in use)
@@ -86,7 +90,11 @@ def resolve(cfg: PriorTrainConfig) -> PriorTrainConfig:
     if not 0 < cfg.max_noise_level <= 1000:
         raise ValueError(f"max_noise_level must be in (0, 1000], got {cfg.max_noise_level}")
     anchor = cfg.anchor_weight if cfg.anchor_weight >= 0 else float(tiny)
-    return dataclasses.replace(cfg, vae_steps=vae_steps, joint_decoder=joint, anchor_weight=anchor)
+    high = cfg.high_t_share if cfg.high_t_share >= 0 else (0.5 if cfg.init == "small" else 0.0)
+    if not 0 <= high <= 1 or not 0 <= cfg.high_t_from <= 999:
+        raise ValueError(f"high_t_share ({high}) must be in [0, 1] and high_t_from ({cfg.high_t_from}) in [0, 999]")
+    return dataclasses.replace(cfg, vae_steps=vae_steps, joint_decoder=joint, anchor_weight=anchor,
+                               high_t_share=high)
 
 
 # --------------------------------------------------------------------------- models
@@ -362,7 +370,8 @@ def encode_latents(vae, hq: torch.Tensor, scaling: float, lq: torch.Tensor | Non
 
 
 def diffusion_objective(unet, latents: torch.Tensor, lq: torch.Tensor, scheduler, low_res_scheduler,
-                        prompt_embeds: torch.Tensor, max_noise_level: int) -> tuple[torch.Tensor, dict]:
+                        prompt_embeds: torch.Tensor, max_noise_level: int, high_t_share: float = 0.0,
+                        high_t_from: int = 750) -> tuple[torch.Tensor, dict]:
     """The x4 upscaler's training loss on scaled latents (B, 4, h, w) and low-res lq (B, 3, h, w).
     `unet`: the UNet, or an engine wrapping it (the forward then goes through DeepSpeed).
 
@@ -374,7 +383,11 @@ def diffusion_objective(unet, latents: torch.Tensor, lq: torch.Tensor, scheduler
     b, dev = latents.shape[0], latents.device
     dtype = next(unet.parameters()).dtype
     eps = torch.randn_like(latents)
-    t = torch.randint(0, scheduler.config.num_train_timesteps, (b,), device=dev)
+    n_t = scheduler.config.num_train_timesteps
+    t = torch.randint(0, n_t, (b,), device=dev)
+    if high_t_share > 0:                # a share of the batch where the sampler starts from noise
+        high = torch.rand(b, device=dev) < high_t_share
+        t = torch.where(high, torch.randint(high_t_from, n_t, (b,), device=dev), t)
     x_t = scheduler.add_noise(latents, eps, t)
     kind = scheduler.config.prediction_type
     if kind == "v_prediction":
@@ -421,7 +434,7 @@ def prior_step(engines: dict, parts: PriorParts, lq: torch.Tensor, hq: torch.Ten
     vae_module = engines["vae"].module if "vae" in engines else parts.vae
     latents = encode_latents(vae_module, hq, parts.scaling, lq)
     loss, metrics = diffusion_objective(unet, latents, lq, parts.scheduler, parts.low_res_scheduler,
-                                        parts.prompt_embeds, cfg.max_noise_level)
+                                        parts.prompt_embeds, cfg.max_noise_level, cfg.high_t_share, cfg.high_t_from)
     unet.backward(loss)
     unet.step()
     if cfg.joint_decoder and "vae" in engines:
