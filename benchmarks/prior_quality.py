@@ -57,7 +57,7 @@ def parse_args(argv=None):
     p.add_argument("--max-noise-level", type=int, default=100,
                    help="training noise levels ~ U[0, max) (SD x4: 350; sampled at 20, so a short run focuses)")
     p.add_argument("--high-t-share", type=float, default=tp.PriorTrainConfig.high_t_share,
-                   help="share of each batch at t >= 750 (-1: the preset's default)")
+                   help="share of each batch at t >= 750")
     p.add_argument("--eval-frames", type=int, default=3, help="held-out frames per video")
     p.add_argument("--eval-crop", type=int, default=256, help="centre crop of the HR frame (px), 0 = whole")
     p.add_argument("--noise-level", type=int, default=20, help="low-res augmentation level at sampling")
