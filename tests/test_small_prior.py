@@ -220,3 +220,43 @@ def test_discriminator_heads_only_keeps_the_encoder(frames):
     distill_step(models, g, de, _clip_batch(frames), DistillConfig(), torch.Generator().manual_seed(0))
     assert all(torch.equal(a, p) for a, p in zip(enc0, d.encoder.parameters()))
     assert any(not torch.equal(a, p) for a, p in zip(heads0, d.heads.parameters()))
+
+
+def test_shipped_prior_loads_and_restores():
+    """assets/small-prior (the demo's starting point): hub layout, fp16-stored weights <= 4 MiB
+    loaded as float32, a model card naming the command that trained it, and it restores."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1] / "assets" / "small-prior"
+    weights = root / "unet" / "diffusion_pytorch_model.safetensors"
+    assert weights.stat().st_size <= 4 * 1024 * 1024
+    card = (root / "MODEL_CARD.md").read_text()
+    assert "paper_tables.py" in card and "float16" in card
+    bundle = UpscalerBundle.from_pretrained(root)
+    assert isinstance(bundle.vae, PixelUnshuffleCodec) and bundle.vae.config.residual
+    assert next(bundle.unet.parameters()).dtype == torch.float32
+    up = VideoUpscaler(bundle, UpscalerConfig(pretrained=str(root)))
+    lq = tp.load_sample_frames(["carphone"], "heldout")[0][:1, :, :64, :64].float().div(255)
+    small = torch.nn.functional.interpolate(lq, scale_factor=0.25, mode="area")
+    hr, _ = up.restore_frame(small, seed=0)
+    assert hr.shape == (1, 3, 64, 64) and torch.isfinite(hr).all()
+
+
+def test_ship_prior_stores_fp16_and_reloads_fp32(tmp_path):
+    import importlib.util
+    from pathlib import Path
+
+    src = tmp_path / "prior"
+    build_random_bundle("small", seed=0).save_pretrained(src)
+    path = Path(__file__).resolve().parents[1] / "tools" / "ship_prior.py"
+    spec = importlib.util.spec_from_file_location("ship_prior", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    assert mod.main([str(src), str(tmp_path / "shipped"), "--command", "echo trained"]) == 0
+    from safetensors import safe_open
+
+    with safe_open(str(tmp_path / "shipped" / "unet" / "diffusion_pytorch_model.safetensors"), "pt") as f:
+        assert all(f.get_tensor(k).dtype == torch.float16 for k in f.keys())
+    assert "`echo trained`" in (tmp_path / "shipped" / "MODEL_CARD.md").read_text()
+    back = UpscalerBundle.from_pretrained(tmp_path / "shipped")
+    assert next(back.unet.parameters()).dtype == torch.float32

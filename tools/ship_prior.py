@@ -17,7 +17,8 @@ import shutil
 import sys
 from pathlib import Path
 
-sys.path[0] = str(Path(__file__).resolve().parents[1])
+if str(Path(__file__).resolve().parents[1]) not in sys.path:     # run as a script: the repo root
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch
 
