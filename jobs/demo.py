@@ -18,8 +18,8 @@ themselves resume from their checkpoints).
   9. evaluate  - metric tables and the HTML report (jobs/evaluate.py)
 
 The models are small and trained for minutes on a CPU: the report shows every part working
-end to end and a restorer that beats bicubic on frames it never saw, not what the method
-achieves with Stable Diffusion's x4 prior on a GPU. README.md says how to get the real thing.
+end to end on frames the models never saw, not what the method achieves with Stable
+Diffusion's x4 prior on a GPU. README.md says how to get the real thing.
 """
 from __future__ import annotations
 
@@ -198,8 +198,9 @@ DEMO_ABOUT = (
     "DEMO RUN: the models are small (a {drfa:.2f} M-parameter DRFA trained {cfg.drfa_steps} steps here; a "
     "{unet:.2f} M-parameter x4 prior UNet with {codec}, started from {prior_from}, fine-tuned "
     "{cfg.prior_steps} steps here and distilled {cfg.distill_steps} steps into the 4-step student), all on one "
-    "CPU. They show every stage of D2-VR running, and a restorer that beats bicubic on frames it never saw, in "
-    "miniature; they are not what D2-VR achieves. For the real restorer: distill from the pretrained Stable "
+    "CPU. They show every stage of D2-VR running in miniature, on frames they never saw; a prior this small, "
+    "trained this briefly, restores about as well as bicubic, not yet better (README.md, 'The method in "
+    "miniature'), and none of this is what D2-VR achieves. For the real restorer: distill from the pretrained Stable "
     "Diffusion x4 upscaler (jobs/distill.py --teacher stabilityai/stable-diffusion-x4-upscaler) with a "
     "full-size DRFA (jobs/pretrain_drfa.py --preset full) on a GPU cluster; see README.md, 'From the demo to "
     "the real thing'."
