@@ -28,7 +28,8 @@ interrupted run resumes after the last finished stage; `--restart` starts over):
              table (<out>/table*.png: centre crops and x-t slices, one row per method).
 
 Budget: `--minutes` of training in all, split by `--prior-share` and `--flow-share`, the rest
-shared equally by the students. Everything runs in one process with `--threads` torch
+shared equally by the students (or `--student-steps` each: equal rows on a machine whose
+load changes). Everything runs in one process with `--threads` torch
 threads (1: on a shared 2-core machine OpenMP spin-waits make more threads slower).
 """
 from __future__ import annotations
@@ -88,6 +89,7 @@ class TablesConfig:
     train_degrade: str = "light,medium,heavy"  # presets drawn per training batch (prior and students)
     students: tuple[str, ...] = tuple(STUDENTS)  # which student rows to train
     student_lr: float = 1e-4                  # student and D Adam lr (paper 2e-5 for SD x4 over 5000 steps)
+    student_steps: int = 0                    # steps per student (the same for every row); 0: their share of --minutes
     student_batch: int = 4                    # clips per distillation step
     clip_len: int = 3                         # frames per training clip
     crop: int = 64                            # HR training crop (px) of the students
@@ -212,6 +214,7 @@ class SampleClips:
 
 def train_student_stage(cfg: TablesConfig, out: Path, name: str, prior: str, flows: dict, seconds: float,
                         clips: SampleClips) -> dict:
+    """One student row: `cfg.student_steps` steps, or as many as fit in `seconds`."""
     from pipelines.train_distill import DistillTrainConfig, build_models, distill_step, export_model
     from pipelines.train_prior import PlainEngine
 
@@ -230,7 +233,7 @@ def train_student_stage(cfg: TablesConfig, out: Path, name: str, prior: str, flo
     dcfg = dcfg_full.distill_config()
     clips.rng = np.random.default_rng(cfg.seed)          # every student sees the same clips
     t0, step, history = time.time(), 0, []
-    while time.time() - t0 < seconds:
+    while (step < cfg.student_steps) if cfg.student_steps else (time.time() - t0 < seconds):
         lq, hq = clips.batch(cfg.student_batch)
         gen = torch.Generator().manual_seed(cfg.seed * 100_003 + step)
         history.append(distill_step(models, g, d, {"lq": lq, "hq": hq}, dcfg, gen))
