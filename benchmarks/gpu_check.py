@@ -48,7 +48,11 @@ def sync(device):
         torch.cuda.synchronize(device)
 
 
-def timed(fn, device, repeat: int = 3) -> float:
+REPEAT = 3                                            # timed repetitions (--smoke: 1)
+
+
+def timed(fn, device, repeat: int | None = None) -> float:
+    repeat = repeat or REPEAT
     fn()                                              # warm-up: kernels, allocator
     sync(device)
     t0 = time.perf_counter()
@@ -143,7 +147,7 @@ def check_drfa(preset: str, batch: int, size: int, device, out: dict) -> None:
         opt.step()
         opt.zero_grad(set_to_none=True)
 
-    seconds = timed(step, device, repeat=2)
+    seconds = timed(step, device, repeat=None if REPEAT == 1 else 2)
     out["drfa_step"] = {"preset": preset, "batch": batch, "size": size, "seconds": seconds, "peak_gib": peak_gib(device)}
     print(f"[gpu_check] drfa_step: {preset} DRFA bf16, batch {batch} at {size}px: {seconds:.2f} s"
           + (f", peak {peak_gib(device):.1f} GiB" if device.type == "cuda" else ""), flush=True)
@@ -187,13 +191,15 @@ def main(argv=None) -> int:
     p.add_argument("--crop", type=int, default=512, help="HR crop of the distillation step (px)")
     p.add_argument("--batch", type=int, default=8, help="clips per distillation step (the paper's 8)")
     args = p.parse_args(argv)
+    global REPEAT
+    REPEAT = 1 if args.smoke else 3
 
     from models.presets import build_random_bundle
 
     device = torch.device("cpu" if args.smoke or not torch.cuda.is_available() else "cuda")
     if device.type == "cpu" and not args.smoke:
         raise SystemExit("gpu_check: no CUDA device (run with --smoke to check the script on the CPU)")
-    arch, latent, flow, crop, batch = (("tiny", 16, "tiny", 64, 2) if args.smoke
+    arch, latent, flow, crop, batch = (("tiny", 16, "tiny", 64, 1) if args.smoke
                                        else ("sd-x4-random", 128, "full", args.crop, args.batch))
     dtype = torch.bfloat16
     out: dict = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
@@ -205,8 +211,8 @@ def main(argv=None) -> int:
     from models.flow import build, flow_preset
 
     flow_net = build(flow_preset(flow, "drfa"))
-    check_restore(build_random_bundle(arch, seed=0), flow_net, latent, 4 if args.smoke else 8, device, dtype, out)
-    check_drfa(flow, 2 if args.smoke else 8, 64 if args.smoke else 256, device, out)
+    check_restore(build_random_bundle(arch, seed=0), flow_net, latent, 2 if args.smoke else 8, device, dtype, out)
+    check_drfa(flow, 1 if args.smoke else 8, 64 if args.smoke else 256, device, out)
     check_distill(arch, batch, crop, 3, device, dtype, out)
     out["seconds"] = time.perf_counter() - t0
     print("GPU_CHECK " + json.dumps(out), flush=True)
