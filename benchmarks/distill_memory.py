@@ -35,8 +35,7 @@ def one_point(architecture: str, batch: int, crop: int, variant: str, clip_len: 
     """Runs in the child process: build, one step, report."""
     import torch
 
-    from pipelines.train_distill import DistillTrainConfig, build_models, distill_step
-    from pipelines.train_prior import PlainEngine
+    from pipelines.train_distill import DistillTrainConfig, build_models, distill_step, plain_engines
 
     torch.set_num_threads(max(1, (os.cpu_count() or 2) // 2))
     dev = torch.device(device)
@@ -44,12 +43,9 @@ def one_point(architecture: str, batch: int, crop: int, variant: str, clip_len: 
     cfg = DistillTrainConfig(teacher=architecture, flow="none", crop=crop, clip_len=clip_len, batch_size=batch,
                              tlpips_backbone="random", **VARIANTS[variant])
     models, _ = build_models(cfg, dev, dtype)
-    up = models.upscaler
-    up.train()
-    g = PlainEngine(up.student, torch.optim.Adam(up.trainable_parameters(), lr=2e-5), grad_clip=0.0)
-    d = PlainEngine(models.discriminator, torch.optim.Adam(models.discriminator.trainable_parameters(), lr=2e-5),
-                    grad_clip=0.0)
+    models.upscaler.train()
     models.discriminator.to(dev, dtype)
+    g, d = plain_engines(models, 2e-5)
     lq = torch.rand(batch, clip_len, 3, crop // 4, crop // 4, device=dev)
     hq = torch.rand(batch, clip_len, 3, crop, crop, device=dev)
     if dev.type == "cuda":

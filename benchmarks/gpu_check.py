@@ -154,8 +154,7 @@ def check_drfa(preset: str, batch: int, size: int, device, out: dict) -> None:
 
 
 def check_distill(teacher: str, batch: int, crop: int, clip_len: int, device, dtype, out: dict) -> None:
-    from pipelines.train_distill import DistillTrainConfig, build_models, distill_step
-    from pipelines.train_prior import PlainEngine
+    from pipelines.train_distill import DistillTrainConfig, build_models, distill_step, plain_engines
 
     while batch >= 1:
         reset_peak(device)
@@ -163,11 +162,8 @@ def check_distill(teacher: str, batch: int, crop: int, clip_len: int, device, dt
             cfg = DistillTrainConfig(teacher=teacher, flow="none", crop=crop, clip_len=clip_len, batch_size=batch,
                                      tlpips_backbone="random")
             models, _ = build_models(cfg, device, dtype)
-            up = models.upscaler
-            g = PlainEngine(up.student, torch.optim.Adam(up.trainable_parameters(), lr=2e-5), grad_clip=0.0)
-            d = PlainEngine(models.discriminator, torch.optim.Adam(models.discriminator.parameters(), lr=2e-5),
-                            grad_clip=0.0)
             models.discriminator.to(device, dtype)
+            g, d = plain_engines(models, 2e-5)
             lq = torch.rand(batch, clip_len, 3, crop // 4, crop // 4, device=device)
             hq = torch.rand(batch, clip_len, 3, crop, crop, device=device)
             dcfg = cfg.distill_config()

@@ -215,8 +215,7 @@ class SampleClips:
 def train_student_stage(cfg: TablesConfig, out: Path, name: str, prior: str, flows: dict, seconds: float,
                         clips: SampleClips) -> dict:
     """One student row: `cfg.student_steps` steps, or as many as fit in `seconds`."""
-    from pipelines.train_distill import DistillTrainConfig, build_models, distill_step, export_model
-    from pipelines.train_prior import PlainEngine
+    from pipelines.train_distill import DistillTrainConfig, build_models, distill_step, export_model, plain_engines
 
     flow, l_adv, l_tl, timesteps, draws = STUDENTS[name]
     dcfg_full = DistillTrainConfig(teacher=prior, flow=flows[flow], lambda_adv=l_adv, lambda_tlpips=l_tl,
@@ -227,9 +226,7 @@ def train_student_stage(cfg: TablesConfig, out: Path, name: str, prior: str, flo
     models, bundle = build_models(dcfg_full)
     up = models.upscaler
     up.train()
-    g = PlainEngine(up.student, torch.optim.Adam(up.trainable_parameters(), lr=cfg.student_lr), grad_clip=0.0)
-    d = PlainEngine(models.discriminator, torch.optim.Adam(models.discriminator.parameters(), lr=cfg.student_lr),
-                    grad_clip=0.0)
+    g, d = plain_engines(models, cfg.student_lr)
     dcfg = dcfg_full.distill_config()
     clips.rng = np.random.default_rng(cfg.seed)          # every student sees the same clips
     t0, step, history = time.time(), 0, []

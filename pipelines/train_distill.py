@@ -289,6 +289,17 @@ def distill_step(models, g_engine, d_engine, batch, cfg, generator: torch.Genera
     return metrics
 
 
+def plain_engines(models, lr: float, d_lr: float | None = None):
+    """(student, discriminator) engines for one process without DeepSpeed (benchmarks, tests):
+    torch Adam over each network's trainable parameters, no gradient clipping."""
+    from pipelines.train_prior import PlainEngine
+
+    up, disc = models.upscaler, models.discriminator
+    g = PlainEngine(up.student, torch.optim.Adam(up.trainable_parameters(), lr=lr), grad_clip=0.0)
+    d = PlainEngine(disc, torch.optim.Adam(disc.trainable_parameters(), lr=d_lr or lr), grad_clip=0.0)
+    return g, d
+
+
 def step_generator(seed: int, rank: int, step: int) -> torch.Generator:
     """The training noise of (rank, step): the same after a resume as in the killed attempt."""
     return torch.Generator("cpu").manual_seed(((seed * 1_000_003 + rank) * 1_000_003 + step) % (2 ** 63))
