@@ -101,19 +101,22 @@ class PixelUnshuffleCodec(nn.Module, ConfigMixin):
     @classmethod
     def from_pretrained(cls, source: str | os.PathLike, subfolder: str | None = None,
                         torch_dtype: torch.dtype | None = None, **kwargs) -> "PixelUnshuffleCodec":
-        config = cls.load_config(str(source), subfolder=subfolder, **_hub_kwargs(kwargs))
+        config = cls.load_config(str(source), subfolder=subfolder, **hub_kwargs(kwargs))
         codec = cls.from_config(config)
         return codec.to(torch_dtype) if torch_dtype is not None else codec
 
 
-def _hub_kwargs(kwargs: dict) -> dict:
-    keep = ("cache_dir", "force_download", "local_files_only", "token", "revision", "proxies")
-    return {k: v for k, v in kwargs.items() if k in keep}
+HUB_KWARGS = ("revision", "local_files_only", "cache_dir", "token", "force_download", "proxies")
+
+
+def hub_kwargs(kwargs: dict) -> dict:
+    """The `from_pretrained` options that locate files (revision, cache, token, offline)."""
+    return {k: v for k, v in kwargs.items() if k in HUB_KWARGS}
 
 
 def codec_class_name(source: str, subfolder: str = "vae", **kwargs) -> str:
     """`_class_name` of `source`/`subfolder`/config.json (a hub id or a local folder)."""
-    config = PixelUnshuffleCodec.load_config(str(source), subfolder=subfolder, **_hub_kwargs(kwargs))
+    config = PixelUnshuffleCodec.load_config(str(source), subfolder=subfolder, **hub_kwargs(kwargs))
     return str(config.get("_class_name", "AutoencoderKL"))
 
 

@@ -51,7 +51,8 @@ from diffusers import (AutoencoderKL, DDIMScheduler, DDPMScheduler, DPMSolverMul
                        UNet2DConditionModel)
 from diffusers.utils.torch_utils import randn_tensor
 
-from models.pixel_codec import downscale_factor, latent_base, latent_channels, load_codec, module_dtype
+from models.pixel_codec import (downscale_factor, hub_kwargs, latent_base, latent_channels, load_codec,
+                                module_dtype)
 from models.temporal import no_previous, temporal_channels, warp_previous
 
 SD_X4_REPO = "stabilityai/stable-diffusion-x4-upscaler"
@@ -106,7 +107,6 @@ def _encode_prompt_cached(source: str, prompt: str, hub_kwargs: tuple = ()) -> t
         return text_encoder(ids)[0].float()                 # (1, 77, 1024) for sd-x4
 
 
-HUB_KWARGS = ("revision", "local_files_only", "cache_dir", "token", "force_download", "proxies")
 X4_VAE_SCALING = 0.08333                     # the x4 upscaler's; StableDiffusionUpscalePipeline sets it too
 
 
@@ -114,7 +114,7 @@ def encode_prompt(source: str, prompt: str = "", **kwargs) -> torch.Tensor:
     """(1, L, D) CLIP embedding of `prompt` with the text encoder of `source` (run once, cached).
     `kwargs`: the hub options (`revision`, `local_files_only`, ...) the tokenizer and text
     encoder are loaded with, as the UNet and VAE are."""
-    hub = tuple(sorted((k, v) for k, v in kwargs.items() if k in HUB_KWARGS))
+    hub = tuple(sorted(hub_kwargs(kwargs).items()))
     return _encode_prompt_cached(str(source), prompt, hub).clone()
 
 
@@ -123,7 +123,7 @@ def _enforce_x4_vae_scaling(source: str, unet, vae, kwargs: dict) -> None:
     would decode with diffusers' default 0.18215 (2.2x off): use the x4 value, as the pipeline."""
     if not isinstance(vae, AutoencoderKL) or unet.config.in_channels != 7:
         return
-    raw = AutoencoderKL.load_config(source, subfolder="vae", **{k: v for k, v in kwargs.items() if k in HUB_KWARGS})
+    raw = AutoencoderKL.load_config(source, subfolder="vae", **hub_kwargs(kwargs))
     if "scaling_factor" not in raw:
         vae.register_to_config(scaling_factor=X4_VAE_SCALING)
 
