@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from degrade import PRESETS, CodecConfig, degrade_clip, preset
-from pipelines.samples import sample_video
+from pipelines.common.samples import sample_video
 
 
 def decode_fps(path: str, frames: int) -> tuple[float, int]:

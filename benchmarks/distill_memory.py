@@ -35,7 +35,7 @@ def one_point(architecture: str, batch: int, crop: int, variant: str, clip_len: 
     """Runs in the child process: build, one step, report."""
     import torch
 
-    from pipelines.train_distill import DistillTrainConfig, build_models, distill_step, plain_engines
+    from pipelines.train.distill import DistillTrainConfig, build_models, distill_step, plain_engines
 
     torch.set_num_threads(max(1, (os.cpu_count() or 2) // 2))
     dev = torch.device(device)

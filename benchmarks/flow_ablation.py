@@ -8,16 +8,16 @@ then scored with OpenCV's DIS and Farneback on held-out pairs at every degradati
 
 1. Data: the first 80% of the frames of the sample videos (bikes, carphone; the last 20%
    are the evaluation's held-out frames) -> a fixed pool of flow pairs made and degraded
-   with preset `heavy` exactly as pipelines/loaders.py does for DRFA pretraining (made at
-   128 px, degraded to 64 px; pipelines/flow_eval.py: `flow_pairs`). Every variant sees
+   with preset `heavy` exactly as pipelines/data/loaders.py does for DRFA pretraining (made at
+   128 px, degraded to 64 px; pipelines/evaluation/flow_eval.py: `flow_pairs`). Every variant sees
    the same batches in the same order (pool reshuffled per epoch, a whole batch flipped
    left-right half the time, both from the seed).
 2. Train, in this process, no Ray: for each variant the same seed, steps, AdamW + one-cycle
    (RAFT's recipe: lr 4e-4, weight decay 1e-4, 5% linear warm-up then linear decay, grad
-   clip 1.0, sequence loss gamma 0.8) through `pipelines.train_drfa.drfa_step`. The step
+   clip 1.0, sequence loss gamma 0.8) through `pipelines.train.drfa.drfa_step`. The step
    count is calibrated: a few timed steps of each variant, then `--minutes` of training
    split over the three. Checkpoints: <out>/<variant>/drfa.safetensors (+ drfa.json).
-3. Evaluate: `pipelines.flow_eval.evaluate_flow` (held-out pairs, all presets, DIS,
+3. Evaluate: `pipelines.evaluation.flow_eval.evaluate_flow` (held-out pairs, all presets, DIS,
    Farneback and "zero", the no-motion floor) -> <out>/eval/flow_eval.md, .csv,
    examples/*.png; the table is printed.
 
@@ -114,7 +114,7 @@ def train_variant(variant: str, pool, spec: TrainSpec, out: str | None = None, q
     import cv2
 
     from models.flow import build, flow_preset, save
-    from pipelines.train_drfa import drfa_step
+    from pipelines.train.drfa import drfa_step
 
     torch.set_num_threads(spec.threads)
     cv2.setNumThreads(1)
@@ -202,7 +202,7 @@ def main(argv=None) -> int:
 
     import cv2
 
-    from pipelines.flow_eval import (
+    from pipelines.evaluation.flow_eval import (
         FlowEvalConfig,
         evaluate_flow,
         flow_pairs,

@@ -154,7 +154,7 @@ def check_drfa(preset: str, batch: int, size: int, device, out: dict) -> None:
 
 
 def check_distill(teacher: str, batch: int, crop: int, clip_len: int, device, dtype, out: dict) -> None:
-    from pipelines.train_distill import DistillTrainConfig, build_models, distill_step, plain_engines
+    from pipelines.train.distill import DistillTrainConfig, build_models, distill_step, plain_engines
 
     while batch >= 1:
         reset_peak(device)

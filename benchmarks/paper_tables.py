@@ -14,12 +14,12 @@ interrupted run resumes after the last finished stage; `--restart` starts over):
 2. flow    - tiny RAFT, GMA and DRFA trained alike on heavy-degraded synthetic flow pairs
              (`benchmarks/flow_ablation.py`), scored against DIS/Farneback on held-out pairs.
 3. student:NAME - one 4-step student per row of Tables 2 and 3 (and two schedule variants),
-             distilled from the prior by `pipelines.train_distill.distill_step` (Eq. 3-6) with the
+             distilled from the prior by `pipelines.train.distill.distill_step` (Eq. 3-6) with the
              same budget, seed and data; exported as restorable model folders.
 4. eval    - held-out clips (the last 20% of every video, never trained on; `--eval-frames`
              consecutive frames, centre `--eval-crop` px) degraded with light / medium / heavy and
              with a plain bicubic x4 + JPEG recipe (`plain`), restored by every method, scored with
-             `pipelines.metrics` (TecoGAN convention: Y channel, centre crop, 2 border frames):
+             `pipelines.evaluation.suite` (TecoGAN convention: Y channel, centre crop, 2 border frames):
              PSNR, SSIM, NIQE (when its parameter file is present), tOF, Ewarp, and tLPIPS on a
              RANDOM AlexNet trunk (no ImageNet weights offline; labelled so: not the paper's tLPIPS).
 5. tables  - Table 1 (bicubic / teacher 50 steps / teacher 4 steps / student 4 steps), Table 2
@@ -48,7 +48,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from pipelines import cli
+from pipelines.common import cli
 
 PAPER = {  # the paper's numbers (REDS30 for Tables 1-3); None: not reported
     "table1": {"SD x4 Upscaler": {"psnr": 24.31, "ssim": 0.621, "niqe": 4.53, "tlpips": 86.97},
@@ -142,7 +142,7 @@ def train_prior_stage(cfg: TablesConfig, out: Path, minutes: float) -> dict:
     import argparse
 
     import benchmarks.prior_quality as pq
-    from pipelines import train_prior as tp
+    from pipelines.train import prior as tp
 
     folder = _fresh(out / "prior.part")
     args = argparse.Namespace(minutes=minutes, init="small", videos=",".join(cfg.videos), vae_fraction=0.0,
@@ -177,7 +177,7 @@ class SampleClips:
     within one shot of the in-memory training frames, degraded on the fly (one preset per batch)."""
 
     def __init__(self, frames: list[torch.Tensor], clip_len: int, patch: int, presets: str, seed: int):
-        from pipelines.shots import detect_shots
+        from pipelines.data.shots import detect_shots
 
         self.frames, self.t, self.p = frames, clip_len, patch
         self.presets = [p for p in presets.split(",") if p]
@@ -215,7 +215,7 @@ class SampleClips:
 def train_student_stage(cfg: TablesConfig, out: Path, name: str, prior: str, flows: dict, seconds: float,
                         clips: SampleClips) -> dict:
     """One student row: `cfg.student_steps` steps, or as many as fit in `seconds`."""
-    from pipelines.train_distill import DistillTrainConfig, build_models, distill_step, export_model, plain_engines
+    from pipelines.train.distill import DistillTrainConfig, build_models, distill_step, export_model, plain_engines
 
     flow, l_adv, l_tl, timesteps, draws = STUDENTS[name]
     dcfg_full = DistillTrainConfig(teacher=prior, flow=flows[flow], lambda_adv=l_adv, lambda_tlpips=l_tl,
@@ -272,13 +272,13 @@ def plain_degrade(hq: torch.Tensor, quality: int) -> torch.Tensor:
 def eval_clips(cfg: TablesConfig) -> list[tuple[str, torch.Tensor]]:
     """(name, hq (T, 3, c, c) in [0, 1]): the first `eval_frames` held-out frames of each video
     (a shot long enough, else the longest run), centre-cropped; plus --eval videos."""
-    from pipelines.shots import detect_shots
-    from pipelines.train_prior import load_sample_frames
+    from pipelines.data.shots import detect_shots
+    from pipelines.train.prior import load_sample_frames
 
     out = []
     sources = [(n, f) for n, f in zip(cfg.videos, load_sample_frames(list(cfg.videos), "heldout"))]
     if cfg.eval:
-        from pipelines import video
+        from pipelines.common import video
 
         for p in sorted(Path(cfg.eval).iterdir()):
             if p.is_file():
@@ -309,7 +309,7 @@ def degrade_eval(hq: torch.Tensor, preset: str, seed: int, quality: int) -> torc
 def method_table(cfg: TablesConfig, out: Path, students: dict) -> dict:
     """name -> (what it is, restore(lq (T, 3, h, w)) -> (T, 3, 4h, 4w) in [0, 1])."""
     from models.upscaler import UpscalerConfig, VideoUpscaler
-    from pipelines.train_distill import load_restorer
+    from pipelines.train.distill import load_restorer
 
     prior = VideoUpscaler.from_config(UpscalerConfig(pretrained=str(out / "prior")), None).eval()
 
@@ -343,7 +343,7 @@ def method_table(cfg: TablesConfig, out: Path, students: dict) -> dict:
 
 
 def evaluate_stage(cfg: TablesConfig, out: Path, students: dict) -> dict:
-    from pipelines.metrics import compute_video_metrics
+    from pipelines.evaluation.suite import compute_video_metrics
 
     methods = method_table(cfg, out, students)
     clips = eval_clips(cfg)
@@ -382,7 +382,7 @@ def evaluate_stage(cfg: TablesConfig, out: Path, students: dict) -> dict:
 
 def mean_table(rows: list[dict], preset: str, methods: list[str], own: bool = False) -> dict:
     """method -> metric -> mean over videos (a reason string when a metric has no number)."""
-    from pipelines.metrics import summarize
+    from pipelines.evaluation.suite import summarize
 
     table = {}
     for m in methods:
@@ -401,7 +401,7 @@ def _key(table_row: dict, metric: str):
 
 
 def markdown(title: str, table: dict, paper: dict | None, note: str = "") -> str:
-    from pipelines.metrics import metric_label
+    from pipelines.evaluation.suite import metric_label
 
     first = next(iter(table.values()), {})
     keys = [_key(first, m)[0] for m in METRICS]
@@ -520,7 +520,7 @@ def main(argv=None) -> int:
     students = {}
     for name in cfg.students:
         if f"student:{name}" not in state.data and clips is None:
-            from pipelines.train_prior import load_sample_frames
+            from pipelines.train.prior import load_sample_frames
 
             clips = SampleClips(load_sample_frames(list(cfg.videos), "train"), cfg.clip_len, cfg.crop,
                                 cfg.train_degrade, cfg.seed)

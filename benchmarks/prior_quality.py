@@ -9,7 +9,7 @@ the last 20% only. Training pairs: random HR patches (--patch) and their low-res
 from the `--degrade` preset (default `light`), made on the fly; evaluation uses the same
 preset with a fixed seed per frame, on a centre crop (--eval-crop, 0 = whole frame).
 
-Training is `pipelines.train_prior`'s step function in this process (no Ray: Ray's overhead
+Training is `pipelines.train.prior`'s step function in this process (no Ray: Ray's overhead
 on 2 CPUs would eat the budget): the first --vae-fraction of the time trains the VAE, then
 its scaling factor is fitted and the UNet (and, jointly, the decoder) train until time is
 up. The prior is saved with `save_pretrained` to --out and loaded back from there for the
@@ -34,7 +34,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from pipelines import train_prior as tp
+from pipelines.train import prior as tp
 
 
 def parse_args(argv=None):

@@ -30,9 +30,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import numpy as np
 import torch
 
-from pipelines import video
-from pipelines.restore import Progress, RestoreConfig, load_restorer, restore_archive, restore_video
-from pipelines.samples import sample_video
+from pipelines.common import video
+from pipelines.restore.archive import Progress, RestoreConfig, load_restorer, restore_archive, restore_video
+from pipelines.common.samples import sample_video
 
 STAGES = [("io", "download"), ("decode", "decode"), ("shots", "shot detection"), ("flow", "flow + warp"),
           ("unet", "UNet (4 steps)"), ("vae", "VAE decode"), ("restore_other", "other restore"),

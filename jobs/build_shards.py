@@ -3,7 +3,7 @@
 
 Also runs as a plain script on a local Ray (`python jobs/build_shards.py --src videos/ --dst runs/shards`).
 Re-running resumes: finished videos are skipped, new ones add new shards. See
-`pipelines/shards.py` for the layout and the guarantees.
+`pipelines/data/shards.py` for the layout and the guarantees.
 """
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ import sys
 
 import _bootstrap  # noqa: F401  (repo root on sys.path)
 
-from pipelines import cli
-from pipelines.shards import ShardConfig, build_shards
+from pipelines.common import cli
+from pipelines.data.shards import ShardConfig, build_shards
 
 
 def main(argv=None) -> int:

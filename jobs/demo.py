@@ -31,9 +31,9 @@ import time
 
 import _bootstrap  # noqa: F401  (repo root on sys.path)
 
-from pipelines import cli, storage, video
-from pipelines.contact_sheet import contact_sheet, png_bytes
-from pipelines.samples import sample_video
+from pipelines.common import cli, storage, video
+from pipelines.evaluation.contact_sheet import contact_sheet, png_bytes
+from pipelines.common.samples import sample_video
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,7 +81,7 @@ def _training_source(cfg: DemoConfig, run_dir: str) -> str:
 
 
 def stage_shards(cfg: DemoConfig, run_dir: str) -> dict:
-    from pipelines.shards import ShardConfig, build_shards
+    from pipelines.data.shards import ShardConfig, build_shards
 
     summary = build_shards(ShardConfig(src=_training_source(cfg, run_dir), dst=os.path.join(run_dir, "shards"),
                                        clip_len=4, stride=4, size=128, shard_mb=16, progress=True))
@@ -90,7 +90,7 @@ def stage_shards(cfg: DemoConfig, run_dir: str) -> dict:
 
 
 def stage_drfa(cfg: DemoConfig, run_dir: str) -> dict:
-    from pipelines.train_drfa import DRFATrainConfig, pretrain_drfa
+    from pipelines.train.drfa import DRFATrainConfig, pretrain_drfa
 
     summary = pretrain_drfa(DRFATrainConfig(
         shards=os.path.join(run_dir, "shards"), out=os.path.join(run_dir, "drfa"),
@@ -111,7 +111,7 @@ def _prior_init(cfg: DemoConfig) -> str:
 
 
 def stage_prior(cfg: DemoConfig, run_dir: str) -> dict:
-    from pipelines.train_prior import PriorTrainConfig, train_prior
+    from pipelines.train.prior import PriorTrainConfig, train_prior
 
     summary = train_prior(PriorTrainConfig(
         shards=os.path.join(run_dir, "shards"), out=os.path.join(run_dir, "prior"),
@@ -123,7 +123,7 @@ def stage_prior(cfg: DemoConfig, run_dir: str) -> dict:
 
 
 def stage_distill(cfg: DemoConfig, run_dir: str) -> dict:
-    from pipelines.train_distill import DistillTrainConfig, distill
+    from pipelines.train.distill import DistillTrainConfig, distill
 
     summary = distill(DistillTrainConfig(
         shards=os.path.join(run_dir, "shards"), teacher=os.path.join(run_dir, "prior"),
@@ -161,7 +161,7 @@ def stage_inputs(cfg: DemoConfig, run_dir: str) -> dict:
 
 
 def stage_restore(cfg: DemoConfig, run_dir: str) -> dict:
-    from pipelines.restore import RestoreConfig, restore_archive
+    from pipelines.restore.archive import RestoreConfig, restore_archive
 
     out = {}
     for name, model in (("student", os.path.join(run_dir, "student")), ("bicubic", "bicubic")):

@@ -14,7 +14,7 @@ Writes under --out: per_video.{md,csv} (one row per method and video), summary.{
 (per method: the mean over videos), availability.md (which metrics could be computed and
 the file each missing one needs), config.json, and report/index.html with its PNGs
 (crops, x-t temporal profiles, the tables). Every table names the metric convention
-(--convention tecogan | stablevsr; see pipelines/metrics.py). A metric whose weights are
+(--convention tecogan | stablevsr; see pipelines/evaluation/suite.py). A metric whose weights are
 not on disk is reported as "not available: <file>", never as a number; nothing is
 downloaded.
 """
@@ -28,8 +28,8 @@ from pathlib import Path
 
 import _bootstrap  # noqa: F401  (repo root on sys.path)
 
-from pipelines import cli
-from pipelines.metrics import (
+from pipelines.common import cli
+from pipelines.evaluation.suite import (
     CONVENTIONS,
     METRICS,
     RANDOM_BACKBONE,
@@ -38,7 +38,7 @@ from pipelines.metrics import (
     metric_label,
     summarize,
 )
-from pipelines.report import build_report, find_videos, iter_video, write_tables
+from pipelines.evaluation.report import build_report, find_videos, iter_video, write_tables
 
 
 @dataclasses.dataclass(frozen=True)

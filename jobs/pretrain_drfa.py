@@ -10,8 +10,8 @@ import sys
 
 import _bootstrap  # noqa: F401
 
-from pipelines import cli
-from pipelines.train_drfa import DRFATrainConfig, pretrain_drfa
+from pipelines.common import cli
+from pipelines.train.drfa import DRFATrainConfig, pretrain_drfa
 
 if __name__ == "__main__":
     pretrain_drfa(cli.parse(DRFATrainConfig, description=__doc__))

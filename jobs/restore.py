@@ -7,7 +7,7 @@
 Every input video under --src (a folder or an s3:// prefix) gets a restored video at the same
 relative path under --dst, with the same fps, frame count and audio; a manifest
 (<dst>/manifest.parquet) gets one row per input. A re-run skips complete outputs. The work
-is `pipelines.restore.restore_archive`; this script only parses flags.
+is `pipelines.restore.archive.restore_archive`; this script only parses flags.
 """
 from __future__ import annotations
 
@@ -15,8 +15,8 @@ import sys
 
 import _bootstrap  # noqa: F401  (repo root on sys.path)
 
-from pipelines import cli
-from pipelines.restore import RestoreConfig, restore_archive
+from pipelines.common import cli
+from pipelines.restore.archive import RestoreConfig, restore_archive
 
 
 def main(argv=None) -> int:

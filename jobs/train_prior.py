@@ -19,8 +19,8 @@ import sys
 
 import _bootstrap  # noqa: F401
 
-from pipelines import cli
-from pipelines.train_prior import PriorTrainConfig, train_prior
+from pipelines.common import cli
+from pipelines.train.prior import PriorTrainConfig, train_prior
 
 if __name__ == "__main__":
     train_prior(cli.parse(PriorTrainConfig, description=__doc__))

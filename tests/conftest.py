@@ -40,7 +40,7 @@ def s3_bucket(s3_server, request):
 
 @pytest.fixture(scope="session")
 def bikes_video():
-    from pipelines.samples import sample_video
+    from pipelines.common.samples import sample_video
 
     return sample_video("bikes")
 
@@ -62,9 +62,9 @@ def ray_local(s3_server):
 def training_shards(tmp_path_factory):
     """Small WebDataset shards of real footage for the training-job tests: the first
     64 frames of bikes.mp4 (two shots), 128 px clips of 4 frames, built without Ray."""
-    from pipelines import video
-    from pipelines.samples import sample_video
-    from pipelines.shards import ShardConfig, build_shards
+    from pipelines.common import video
+    from pipelines.common.samples import sample_video
+    from pipelines.data.shards import ShardConfig, build_shards
 
     root = tmp_path_factory.mktemp("training_shards")
     src = str(root / "src" / "bikes64.mp4")

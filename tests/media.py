@@ -1,13 +1,13 @@
 """Synthetic videos for edge cases (cuts at known frames, odd sizes, bad bytes).
 
-Real footage comes from `pipelines.samples`; these only cover what real samples cannot
+Real footage comes from `pipelines.common.samples`; these only cover what real samples cannot
 pin down exactly.
 """
 from __future__ import annotations
 
 import numpy as np
 
-from pipelines import video
+from pipelines.common import video
 
 
 def textured_frames(n: int, height: int, width: int, seed: int = 0, shift: int = 2) -> np.ndarray:

@@ -2,7 +2,7 @@ import dataclasses
 
 import pytest
 
-from pipelines import cli
+from pipelines.common import cli
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,8 +59,8 @@ def test_help_is_each_fields_comment(capsys):
 
 def test_every_job_flag_has_a_sentence():
     """The real configs: every field of the restore and distillation jobs is explained."""
-    from pipelines.restore import RestoreConfig
-    from pipelines.train_distill import DistillTrainConfig
+    from pipelines.restore.archive import RestoreConfig
+    from pipelines.train.distill import DistillTrainConfig
 
     for cls in (RestoreConfig, DistillTrainConfig):
         missing = [f.name for f in dataclasses.fields(cls) if not cli.field_help(cls, f.name)]

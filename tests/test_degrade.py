@@ -176,8 +176,8 @@ def test_torch_jpeg_runs_per_image_quality_and_passes_gradients():
 
 
 def bikes_clip(frames: int = 8) -> torch.Tensor:
-    from pipelines.samples import sample_video
-    from pipelines.video import iter_frames
+    from pipelines.common.samples import sample_video
+    from pipelines.common.video import iter_frames
 
     arr = np.stack(list(iter_frames(sample_video("bikes"), start=40, count=frames)))
     return torch.from_numpy(arr[:, 40:232, 100:356]).permute(0, 3, 1, 2).float() / 255  # 192 x 256

@@ -17,11 +17,11 @@ from safetensors.torch import load_file
 from models.flow import build, flow_preset
 from models.flow import save as save_flow
 from models.presets import save_tiny_pretrained
-from pipelines.loaders import LoaderConfig, make_distill_loader
-from pipelines.shards import ShardConfig, build_shards
-from pipelines.train_distill import (DistillTrainConfig, build_models, check_config, distill, distill_step,
+from pipelines.data.loaders import LoaderConfig, make_distill_loader
+from pipelines.data.shards import ShardConfig, build_shards
+from pipelines.train.distill import (DistillTrainConfig, build_models, check_config, distill, distill_step,
                                      export_model, load_restorer, step_generator)
-from pipelines.train_distill_step import discriminator_step, generator_step
+from pipelines.train.distill_step import discriminator_step, generator_step
 from tests.media import shots_video
 
 HQ = 32           # HQ crop (px): LQ 8x8, latents 8x8; the tiny DRFA sees the LQ at 32 px (x4)
@@ -133,8 +133,8 @@ def test_export_restores_exactly_what_the_trained_model_restores(assets, tmp_pat
     assert got.shape == (3, 3, HQ, HQ)
     assert torch.equal(got, want)                                     # from_pretrained reproduces it exactly
     # the restore job's loader reads the same folder to the same model
-    from pipelines.restore import RestoreConfig, draw_noise
-    from pipelines.restore import load_restorer as restore_job_loader
+    from pipelines.restore.archive import RestoreConfig, draw_noise
+    from pipelines.restore.archive import load_restorer as restore_job_loader
 
     job = restore_job_loader(RestoreConfig(model=str(folder), tile=0), "cpu")
     noise = draw_noise(job, 1, 8, 8, torch.Generator().manual_seed(7))
@@ -234,8 +234,8 @@ def test_two_workers_zero2_killed_once_resume_finish_export_restart(ray_local, a
     assert meta["complete"] and meta["step"] == 3
 
     # it restores, through the restore job's loader too, to the same frames
-    from pipelines.restore import RestoreConfig, draw_noise
-    from pipelines.restore import load_restorer as restore_job_loader
+    from pipelines.restore.archive import RestoreConfig, draw_noise
+    from pipelines.restore.archive import load_restorer as restore_job_loader
 
     clip = lq_clip(assets)
     loaded = load_restorer(out)

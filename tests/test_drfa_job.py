@@ -7,7 +7,7 @@ import uuid
 import pytest
 import torch
 
-from pipelines.train_drfa import DRFATrainConfig, pretrain_drfa
+from pipelines.train.drfa import DRFATrainConfig, pretrain_drfa
 
 
 @pytest.mark.slow

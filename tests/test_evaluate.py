@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipelines.video import write_video
+from pipelines.common.video import write_video
 from tests.media import textured_frames
 
 ROOT = Path(__file__).resolve().parents[1]

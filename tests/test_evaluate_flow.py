@@ -1,4 +1,4 @@
-"""Flow evaluation on held-out degraded pairs (pipelines/flow_eval.py, jobs/evaluate_flow.py)."""
+"""Flow evaluation on held-out degraded pairs (pipelines/evaluation/flow_eval.py, jobs/evaluate_flow.py)."""
 from __future__ import annotations
 
 import csv
@@ -9,7 +9,7 @@ import cv2
 import pytest
 import torch
 
-from pipelines.flow_eval import (
+from pipelines.evaluation.flow_eval import (
     METRICS,
     FlowEvalConfig,
     column,

@@ -8,8 +8,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from pipelines import video
-from pipelines.samples import sample_video
+from pipelines.common import video
+from pipelines.common.samples import sample_video
 from tests.raycluster import LocalCluster
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from models.flow.warp import backward_warp
-from pipelines import storage, video
-from pipelines.loaders import (
+from pipelines.common import storage, video
+from pipelines.data.loaders import (
     LoaderConfig,
     list_shards,
     make_distill_loader,
@@ -21,8 +21,8 @@ from pipelines.loaders import (
     resolve_rank,
     shard_index,
 )
-from pipelines.samples import sample_video
-from pipelines.shards import ShardConfig, build_shards
+from pipelines.common.samples import sample_video
+from pipelines.data.shards import ShardConfig, build_shards
 from tests.media import shots_video
 
 

@@ -71,7 +71,7 @@ def test_vae_stays_float32_unless_asked():
 
 
 def test_workers_get_credentials_and_model_caches():
-    from pipelines.storage import worker_env
+    from pipelines.common.storage import worker_env
 
     env = worker_env({"AWS_ACCESS_KEY_ID": "k", "HF_TOKEN": "t", "HF_HOME": "/h", "HF_ENDPOINT": "http://m",
                       "TORCH_HOME": "/th", "HOME": "/root", "PATH": "/bin"})
@@ -83,7 +83,7 @@ def test_workers_get_credentials_and_model_caches():
                                                     (30, "light", "multiple of 4"),
                                                     (64, "bogus", "--degrade 'bogus'")])
 def test_distill_crop_is_checked_against_the_preset_before_ray(crop, degrade, message, tmp_path):
-    from pipelines.train_distill import DistillTrainConfig, check_config
+    from pipelines.train.distill import DistillTrainConfig, check_config
 
     cfg = DistillTrainConfig(crop=crop, degrade=degrade, teacher="tiny", flow="none", shards=str(tmp_path),
                              tlpips_backbone="random")

@@ -1,4 +1,4 @@
-"""pipelines.metrics: PSNR/SSIM against scikit-image, temporal metrics on controlled motion,
+"""pipelines.evaluation.suite: PSNR/SSIM against scikit-image, temporal metrics on controlled motion,
 weights that are absent (no download attempted), and a real HQ/LQ pair.
 
 LPIPS here always uses the seeded *random* AlexNet trunk (`lpips_random_backbone=True`):
@@ -16,7 +16,7 @@ import torch
 from skimage.color import rgb2ycbcr
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
-from pipelines import metrics as M
+from pipelines.evaluation import suite as M
 from tests.media import textured_frames
 
 
@@ -255,8 +255,8 @@ def test_local_weight_files_are_found_and_used(offline, tmp_path):
 # --------------------------------------------------------------------------- real media
 
 def test_carphone_real_pair_psnr_ssim_plausible():
-    from pipelines.samples import sample_video
-    from pipelines.video import read_frames
+    from pipelines.common.samples import sample_video
+    from pipelines.common.video import read_frames
 
     hq = read_frames(sample_video("carphone"), count=30)
     lq = read_frames(sample_video("carphone_distorted"), count=30)

@@ -1,4 +1,4 @@
-"""pipelines.report: tables that name their convention, and an HTML report that really
+"""pipelines.evaluation.report: tables that name their convention, and an HTML report that really
 renders in headless Chromium with every image loaded."""
 from __future__ import annotations
 
@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipelines import report as R
-from pipelines.video import write_video
+from pipelines.evaluation import report as R
+from pipelines.common.video import write_video
 from tests.media import textured_frames
 
 BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")

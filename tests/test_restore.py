@@ -1,4 +1,4 @@
-"""pipelines.restore without Ray: the tiny diffusion restorer, shot resets, tiles, one video."""
+"""pipelines.restore.archive without Ray: the tiny diffusion restorer, shot resets, tiles, one video."""
 from __future__ import annotations
 
 import dataclasses
@@ -10,8 +10,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pipelines import restore, video
-from pipelines.restore import (
+from pipelines.restore import archive as restore
+
+from pipelines.common import video
+from pipelines.restore.archive import (
     BicubicRestorer,
     RestoreConfig,
     draw_noise,
@@ -19,8 +21,8 @@ from pipelines.restore import (
     restore_frames,
     restore_video,
 )
-from pipelines.samples import sample_video
-from pipelines.tiling import TileConfig, TiledRestorer, tile_spans
+from pipelines.common.samples import sample_video
+from pipelines.restore.tiling import TileConfig, TiledRestorer, tile_spans
 from tests.media import corrupt_file, shots_video
 
 

@@ -14,9 +14,9 @@ import cv2
 import numpy as np
 import pytest
 
-from pipelines import storage, video
-from pipelines.restore import RestoreConfig, read_manifest, restore_archive
-from pipelines.samples import sample_video
+from pipelines.common import storage, video
+from pipelines.restore.archive import RestoreConfig, read_manifest, restore_archive
+from pipelines.common.samples import sample_video
 from tests.media import corrupt_file, textured_frames
 from tests.test_restore import tiny_model_dir
 

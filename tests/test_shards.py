@@ -11,9 +11,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipelines import storage, video
-from pipelines.samples import sample_video
-from pipelines.shards import ShardConfig, build_shards, video_key
+from pipelines.common import storage, video
+from pipelines.common.samples import sample_video
+from pipelines.data.shards import ShardConfig, build_shards, video_key
 from tests.media import corrupt_file, shots_video
 
 SYNTH_CUTS = [17, 40]     # synthetic video: 60 frames, 64x80

@@ -6,9 +6,9 @@ import itertools
 import numpy as np
 import pytest
 
-from pipelines import video
-from pipelines.samples import sample_video
-from pipelines.shots import ShotDetector, detect_shots, shots_from_cuts
+from pipelines.common import video
+from pipelines.common.samples import sample_video
+from pipelines.data.shots import ShotDetector, detect_shots, shots_from_cuts
 from tests.media import corrupt_file, shots_video, textured_frames
 
 BIKES_CUTS = [30, 76, 137, 187, 242]   # PySceneDetect ContentDetector's cuts on bikes.mp4

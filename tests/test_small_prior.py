@@ -7,7 +7,7 @@ import torch
 from models.pixel_codec import PixelUnshuffleCodec, downscale_factor, latent_channels, load_codec
 from models.presets import build_random_bundle
 from models.upscaler import UpscalerBundle, UpscalerConfig, VideoUpscaler
-from pipelines import train_prior as tp
+from pipelines.train import prior as tp
 
 
 def test_codec_is_lossless_and_shaped_like_the_x4_latent():
@@ -126,7 +126,7 @@ def _small_distill_models(dtype=torch.float32):
     from models.flow import build, flow_preset
     from models.losses import TemporalLPIPS
     from models.presets import discriminator_preset
-    from pipelines.train_distill_step import DistillModels
+    from pipelines.train.distill_step import DistillModels
 
     torch.manual_seed(0)
     bundle = build_random_bundle("small", seed=0)
@@ -147,8 +147,8 @@ def _clip_batch(frames, b=1, t=2, patch=32):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_small_distill_step_trains_student_and_discriminator(frames, dtype):
     """One alternating step of Eq. 6 on the small prior, fp32 and bf16 (the GPU path)."""
-    from pipelines.train_distill import distill_step
-    from pipelines.train_distill_step import DistillConfig
+    from pipelines.train.distill import distill_step
+    from pipelines.train.distill_step import DistillConfig
 
     models = _small_distill_models(dtype)
     up = models.upscaler
@@ -165,7 +165,7 @@ def test_small_distill_step_trains_student_and_discriminator(frames, dtype):
 
 
 def test_train_timesteps_restrict_the_student_draws(frames):
-    from pipelines.train_distill_step import DistillConfig, student_rollout
+    from pipelines.train.distill_step import DistillConfig, student_rollout
 
     models = _small_distill_models()
     batch = _clip_batch(frames, b=8, t=1)
@@ -184,7 +184,7 @@ def test_train_timesteps_restrict_the_student_draws(frames):
 def test_student_gradient_checkpointing_gives_the_same_gradients(frames):
     """`--gradient-checkpointing`: the same student gradients (recomputed, not stored), and the
     discriminator still gets none in the generator step."""
-    from pipelines.train_distill_step import DistillConfig, generator_step
+    from pipelines.train.distill_step import DistillConfig, generator_step
 
     grads = []
     for checkpointing in (False, True):
@@ -204,8 +204,8 @@ def test_discriminator_heads_only_keeps_the_encoder(frames):
     """`--no-d-train-encoder` (LADD-style): D's step moves its heads, never its encoder."""
     from models.discriminator import LatentDiscriminator
     from models.presets import discriminator_preset
-    from pipelines.train_distill import distill_step
-    from pipelines.train_distill_step import DistillConfig
+    from pipelines.train.distill import distill_step
+    from pipelines.train.distill_step import DistillConfig
 
     models = _small_distill_models()
     up = models.upscaler

@@ -1,4 +1,4 @@
-"""pipelines.storage against a real S3 server process and the local filesystem."""
+"""pipelines.common.storage against a real S3 server process and the local filesystem."""
 from __future__ import annotations
 
 import os
@@ -6,7 +6,7 @@ import threading
 
 import pytest
 
-from pipelines import storage
+from pipelines.common import storage
 
 
 def _roundtrip(base: str):

@@ -1,4 +1,4 @@
-"""pipelines.tiling: tile layout, exact agreement with a local 'model', no seams, per-tile state."""
+"""pipelines.restore.tiling: tile layout, exact agreement with a local 'model', no seams, per-tile state."""
 from __future__ import annotations
 
 import itertools
@@ -8,8 +8,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pipelines.restore import BicubicRestorer
-from pipelines.tiling import TileConfig, TiledRestorer, axis_weights, tile_spans
+from pipelines.restore.archive import BicubicRestorer
+from pipelines.restore.tiling import TileConfig, TiledRestorer, axis_weights, tile_spans
 
 
 def smooth_frame(h: int, w: int, seed: int = 0) -> torch.Tensor:

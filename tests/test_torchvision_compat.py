@@ -22,7 +22,7 @@ def test_compat_is_a_noop_when_nothing_is_missing():
     and the hook is not re-armed once torchvision is loaded."""
     code = (
         "import torchvision, sys\n"
-        "import models.torchvision_compat as c\n"
+        "import pipelines.common.torchvision_compat as c\n"
         "c.install()\n"
         "assert not any(isinstance(f, c._BeforeTorchvision) for f in sys.meta_path)\n"
         "import torch\n"

@@ -1,10 +1,10 @@
-"""pipelines/train_common.py: the DeepSpeed settings every training job shares."""
+"""pipelines/train/common.py: the DeepSpeed settings every training job shares."""
 from __future__ import annotations
 
 import pytest
 import torch
 
-from pipelines import train_common as tc
+from pipelines.train import common as tc
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the shm op is only skipped on CPU-only machines")

@@ -6,7 +6,7 @@ import dataclasses
 import pytest
 import torch
 
-from pipelines import train_prior as tp
+from pipelines.train import prior as tp
 
 
 CFG = tp.resolve(tp.PriorTrainConfig(init="tiny", steps=40, vae_steps=20, batch_size=4, patch=32, vae_crop=32,

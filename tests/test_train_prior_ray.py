@@ -7,7 +7,7 @@ import uuid
 import pytest
 import torch
 
-from pipelines import train_prior as tp
+from pipelines.train import prior as tp
 
 
 @pytest.mark.slow

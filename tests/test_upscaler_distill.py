@@ -9,7 +9,7 @@ from models.discriminator import LatentDiscriminator
 from models.losses import TemporalLPIPS
 from models.presets import build_random_bundle, discriminator_preset, upscaler_preset
 from models.upscaler import VideoUpscaler
-from pipelines.train_distill_step import (DistillConfig, DistillModels, discriminator_step,
+from pipelines.train.distill_step import (DistillConfig, DistillModels, discriminator_step,
                                           generator_step, student_fakes)
 
 

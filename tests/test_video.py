@@ -1,4 +1,4 @@
-"""pipelines.video: probe, streaming decode, encode with audio, and typed errors."""
+"""pipelines.common.video: probe, streaming decode, encode with audio, and typed errors."""
 from __future__ import annotations
 
 import fractions
@@ -7,8 +7,8 @@ import av
 import numpy as np
 import pytest
 
-from pipelines import video
-from pipelines.samples import sample_video
+from pipelines.common import video
+from pipelines.common.samples import sample_video
 from tests.media import corrupt_file, textured_frames
 
 

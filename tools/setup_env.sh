@@ -46,6 +46,6 @@ start=$(date +%s)
   -c "$VENV/d2vr/constraints.txt" -e ".[test]"
 site=$("$PY" -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")
 "$PY" -m compileall -qq -j 0 "$site" || true
-echo "import models.torchvision_compat as _c; _c.install()" > "$site/d2vr_torchvision_compat.pth"
+echo "import pipelines.common.torchvision_compat as _c; _c.install()" > "$site/d2vr_torchvision_compat.pth"
 echo "$want" > "$stamp"
 echo "setup: done in $(( $(date +%s) - start )) s"

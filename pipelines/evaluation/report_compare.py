@@ -1,4 +1,4 @@
-"""Full-frame comparisons for the HTML report (`pipelines.report`): a before/after slider
+"""Full-frame comparisons for the HTML report (`pipelines.evaluation.report`): a before/after slider
 and a synchronised player, fed while the report reads each video once.
 
     compare = Comparison(out_dir, height=H, width=W, n_frames=T, fps=clip_fps(paths))
@@ -23,7 +23,7 @@ and a synchronised player, fed while the report reads each video once.
   browser cannot play (H.264 4:4:4, FFV1, ...), and linking them would tie the report to
   files outside its folder.
 Pictures up to 640x480 px are written as PNG (lossless), larger ones as JPEG (4:4:4; q95
-for stills, as pipelines.shards stores frames, q85 for player sheets), so a report of HD
+for stills, as pipelines.data.shards stores frames, q85 for player sheets), so a report of HD
 clips stays some MB, not hundreds. No external
 script, style or font: the page works offline from file://.
 """
@@ -85,7 +85,7 @@ def save_picture(image: np.ndarray, stem: Path, quality: int = JPEG_QUALITY) -> 
 
 def clip_fps(paths: Iterable[str | os.PathLike], default: float = 25.0) -> float:
     """Frame rate of the first video file among `paths` (frame folders have none)."""
-    from pipelines.video import probe
+    from pipelines.common.video import probe
 
     for p in paths:
         if Path(p).is_file():

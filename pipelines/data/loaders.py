@@ -41,7 +41,7 @@ import cv2
 import numpy as np
 import torch
 
-from pipelines import storage
+from pipelines.common import storage
 
 KINDS = {"distill": 1, "flow": 2}
 

@@ -115,7 +115,7 @@ def detect_shots(url_or_frames, threshold: float = DEFAULT_THRESHOLD, min_shot_l
 
     A URL is decoded streaming (one frame in memory); an unreadable video raises VideoError.
     """
-    from pipelines import video
+    from pipelines.common import video
 
     detector = ShotDetector(threshold=threshold, min_shot_len=min_shot_len, **detector_kwargs)
     is_url = isinstance(url_or_frames, (str, os.PathLike))

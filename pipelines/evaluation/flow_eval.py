@@ -7,7 +7,7 @@ Methods: any number of `models.flow` checkpoints (NAME=PATH, read with `models.f
 plus OpenCV's DIS and Farneback as weight-free baselines, and optionally "zero" (no
 motion: its EPE is the mean ground-truth displacement, the bar for having learned anything).
 
-Pairs, made exactly like DRFA's training pairs (`pipelines/loaders.py`, `_flow_batch`):
+Pairs, made exactly like DRFA's training pairs (`pipelines/data/loaders.py`, `_flow_batch`):
 a random `crop * flow_scale` px square of a real frame (random horizontal flip) becomes a
 flow pair with `make_flow_pair` (max displacement `max_flow * flow_scale`, foreground
 layers cut from another frame), then both frames are degraded with ONE shared draw of the
@@ -56,7 +56,7 @@ CODEC_RETRIES = 2                           # replays of a degradation draw whos
 class FlowEvalConfig:
     checkpoint: tuple[str, ...] = ()        # NAME=PATH of a models.flow checkpoint (drfa.safetensors); repeat
     baselines: tuple[str, ...] = BASELINES  # weight-free: dis, farneback (OpenCV), zero (no motion); "none"
-    frames_from: tuple[str, ...] = ("bikes", "carphone")  # sample names (pipelines.samples) or video paths/URLs
+    frames_from: tuple[str, ...] = ("bikes", "carphone")  # sample names (pipelines.common.samples) or video paths/URLs
     holdout: float = 0.2                    # last fraction of each video's frames: the evaluation frames
     presets: tuple[str, ...] = ("clean", "light", "medium", "heavy")  # degradation presets (degrade.preset)
     pairs: int = 48                         # flow pairs per preset (the same clean pairs for every preset)
@@ -98,7 +98,7 @@ class FlowEvalConfig:
 # ---------------------------------------------------------------- frames
 def resolve_video(source: str) -> str:
     """A sample name ("bikes", "carphone", ...) -> its file; anything else is a path/URL."""
-    from pipelines.samples import SAMPLE_VIDEOS, sample_video
+    from pipelines.common.samples import SAMPLE_VIDEOS, sample_video
 
     return sample_video(source) if source in SAMPLE_VIDEOS else source
 
@@ -115,7 +115,7 @@ def frame_split(n_frames: int, holdout: float) -> tuple[range, range]:
 
 def load_frames(sources: Sequence[str], part: str, holdout: float, min_side: int = 0) -> list[tuple[str, np.ndarray]]:
     """[(source, (T, H, W, 3) uint8)] of each video's `part` ("train" or "heldout") frames."""
-    from pipelines.video import VideoError, probe, read_frames
+    from pipelines.common.video import VideoError, probe, read_frames
 
     if part not in ("train", "heldout"):
         raise ValueError(f"part must be 'train' or 'heldout', got {part!r}")

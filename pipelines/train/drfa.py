@@ -16,8 +16,8 @@ import time
 
 import torch
 
-from pipelines import storage
-from pipelines import train_common as tc
+from pipelines.common import storage
+from pipelines.train import common as tc
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,7 +63,7 @@ def _export(weights: dict, flow_cfg, folder: str) -> str:
 
 
 def _loader_epochs(cfg: DRFATrainConfig, rank: int, world: int, start_epoch: int):
-    from pipelines.loaders import LoaderConfig, make_flow_loader
+    from pipelines.data.loaders import LoaderConfig, make_flow_loader
 
     lcfg = LoaderConfig(batch_size=cfg.batch_size, num_workers=cfg.loader_workers, seed=cfg.seed,
                         crop=cfg.crop, degrade=cfg.degrade, max_flow=cfg.max_flow)

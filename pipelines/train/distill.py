@@ -47,7 +47,7 @@ latest one (with a larger --steps it trains on). A resumed run starts the next d
 
 Export folder (`--out`; the final checkpoint's `export/`): ONE folder is a complete
 restorable model, read by `load_restorer(path, device)` here and by
-`pipelines.restore.load_restorer` (`jobs/restore.py --model PATH`):
+`pipelines.restore.archive.load_restorer` (`jobs/restore.py --model PATH`):
 
     unet/ vae/ scheduler/ low_res_scheduler/ prompt_embeds.safetensors
                                    the teacher bundle (`UpscalerBundle.save_pretrained`): the
@@ -74,8 +74,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from pipelines import storage
-from pipelines import train_common as tc
+from pipelines.common import storage
+from pipelines.train import common as tc
 
 EXPORT_FORMAT = "d2vr-restorer/1"
 RESTORER_JSON = "restorer.json"
@@ -141,7 +141,7 @@ class DistillTrainConfig(tc.TrainRunConfig):
     seed: int = 0                          # data order, degradations, training noise, D's heads
 
     def distill_config(self):
-        from pipelines.train_distill_step import DistillConfig
+        from pipelines.train.distill_step import DistillConfig
 
         return DistillConfig(
             distill_weight=self.distill_weight, lambda_adv=self.lambda_adv, lambda_tlpips=self.lambda_tlpips,
@@ -239,7 +239,7 @@ def build_models(cfg: DistillTrainConfig, device: torch.device | str = "cpu", dt
     from models.losses import TemporalLPIPS
     from models.presets import discriminator_preset, load_bundle
     from models.upscaler import VideoUpscaler
-    from pipelines.train_distill_step import DistillModels
+    from pipelines.train.distill_step import DistillModels
 
     device = torch.device(device)
     with storage.local_dir(cfg.teacher) as teacher:
@@ -275,7 +275,7 @@ def distill_step(models, g_engine, d_engine, batch, cfg, generator: torch.Genera
     """One alternating step: the student's Eq. 6 loss -> `g_engine`, then D's loss on the same
     (detached) samples -> `d_engine`. An engine is a DeepSpeed engine or anything with
     `backward(loss)` and `step()`. D is not updated when `cfg.lambda_adv == 0`."""
-    from pipelines.train_distill_step import discriminator_step, generator_step
+    from pipelines.train.distill_step import discriminator_step, generator_step
 
     keep: dict = {}
     loss, metrics = generator_step(models, batch, cfg, generator, keep=keep)
@@ -292,7 +292,7 @@ def distill_step(models, g_engine, d_engine, batch, cfg, generator: torch.Genera
 def plain_engines(models, lr: float, d_lr: float | None = None):
     """(student, discriminator) engines for one process without DeepSpeed (benchmarks, tests):
     torch Adam over each network's trainable parameters, no gradient clipping."""
-    from pipelines.train_prior import PlainEngine
+    from pipelines.train.prior import PlainEngine
 
     up, disc = models.upscaler, models.discriminator
     g = PlainEngine(up.student, torch.optim.Adam(up.trainable_parameters(), lr=lr), grad_clip=0.0)
@@ -425,7 +425,7 @@ def load_restorer(path: str | os.PathLike, device: torch.device | str = "cpu", d
 
 
 def _batches(cfg: DistillTrainConfig, micro_batch: int, scale: int, rank: int, world: int, start_epoch: int):
-    from pipelines.loaders import LoaderConfig, make_distill_loader
+    from pipelines.data.loaders import LoaderConfig, make_distill_loader
 
     lcfg = LoaderConfig(batch_size=micro_batch, num_workers=cfg.loader_workers, seed=cfg.seed, degrade=cfg.degrade,
                         scale=scale, crop=cfg.crop, clip_len=cfg.clip_len)

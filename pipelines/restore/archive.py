@@ -47,8 +47,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from pipelines import storage, video
-from pipelines.tiling import TileConfig, TiledRestorer
+from pipelines.common import storage, video
+from pipelines.common.paths import REPO_ROOT
+from pipelines.restore.tiling import TileConfig, TiledRestorer
 
 VIDEO_EXTENSIONS = ("mp4", "mov", "mkv", "avi", "webm", "m4v", "mpg", "mpeg", "ts", "wmv", "flv")
 MANIFEST_NAME = "manifest.parquet"
@@ -227,7 +228,7 @@ def _load_upscaler(cfg: RestoreConfig, device: torch.device):
     """The model folder exported by jobs/distill.py, with the settings it was trained with
     (its restorer.json); --flow-iters, when given, overrides the flow net's default."""
     from models.upscaler import SectionTimer
-    from pipelines.train_distill import load_restorer as load_model_folder
+    from pipelines.train.distill import load_restorer as load_model_folder
 
     overrides = {"flow_iters": cfg.flow_iters} if cfg.flow_iters else {}
     try:
@@ -265,8 +266,8 @@ class StreamStats:
 
 
 def make_detector(cfg: RestoreConfig):
-    """A fresh streaming shot detector (`pipelines.shots.ShotDetector`) for one video."""
-    from pipelines.shots import ShotDetector
+    """A fresh streaming shot detector (`pipelines.data.shots.ShotDetector`) for one video."""
+    from pipelines.data.shots import ShotDetector
 
     kwargs = {}
     if cfg.shot_threshold >= 0:
@@ -651,8 +652,7 @@ def _ensure_ray(cfg: RestoreConfig):
     if not ray.is_initialized():
         env = storage.worker_env()
         if not (cfg.ray_address or os.environ.get("RAY_ADDRESS")):     # a local Ray: workers import from here
-            root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-            env["PYTHONPATH"] = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)
+            env["PYTHONPATH"] = os.pathsep.join(p for p in (REPO_ROOT, os.environ.get("PYTHONPATH")) if p)
         ray.init(address=cfg.ray_address or None, runtime_env={"env_vars": env}, log_to_driver=True)
     return ray
 

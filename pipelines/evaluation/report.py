@@ -13,7 +13,7 @@ for the full frames of large videos):
 - a temporal profile per video source: one row of every frame stacked top to bottom (an
   x-t slice). A steady picture gives straight or smoothly slanted streaks; flicker and
   jitter show as horizontal banding and ragged streaks;
-- full frames (`pipelines.report_compare`): a before/after slider on a few frames spread
+- full frames (`pipelines.evaluation.report_compare`): a before/after slider on a few frames spread
   over the clip, with selectors for the two sides (LQ upscaled, methods, GT), and every
   source played side by side in lockstep (one play button and scrubber);
 - the metric tables, each captioned with the metric convention that produced it.
@@ -38,8 +38,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from pipelines import report_compare
-from pipelines.metrics import METRICS, RANDOM_BACKBONE, get_convention, metric_label
+from pipelines.evaluation import report_compare
+from pipelines.evaluation.suite import METRICS, RANDOM_BACKBONE, get_convention, metric_label
 
 VIDEO_EXTENSIONS = (".mp4", ".mkv", ".avi", ".mov", ".webm", ".m4v", ".y4m", ".mpg", ".mpeg", ".ts")
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
@@ -99,7 +99,7 @@ def iter_video(path: str | os.PathLike, count: int | None = None) -> Iterator[np
             with Image.open(f) as im:
                 yield np.asarray(im.convert("RGB"))
         return
-    from pipelines.video import iter_frames
+    from pipelines.common.video import iter_frames
 
     yield from iter_frames(str(path), count=count)
 
@@ -108,7 +108,7 @@ def count_frames(path: str | os.PathLike) -> int:
     path = Path(path)
     if path.is_dir():
         return len(frame_files(path))
-    from pipelines.video import probe
+    from pipelines.common.video import probe
 
     return probe(str(path)).frames
 
@@ -121,7 +121,7 @@ def read_frame(path: str | os.PathLike, index: int) -> np.ndarray:
             raise ValueError(f"{path}: frame {index} out of range (0..{len(files) - 1})")
         with Image.open(files[index]) as im:
             return np.asarray(im.convert("RGB"))
-    from pipelines.video import iter_frames
+    from pipelines.common.video import iter_frames
 
     for frame in iter_frames(str(path), start=index, count=1):
         return frame

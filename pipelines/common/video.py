@@ -17,7 +17,7 @@ from typing import Iterator
 import av
 import numpy as np
 
-from pipelines import storage
+from pipelines.common import storage
 
 
 class VideoError(Exception):
