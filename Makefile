@@ -4,7 +4,7 @@
 PY := .venv/bin/python
 RUN_DIR ?= runs/demo
 
-.PHONY: setup demo test bench clean
+.PHONY: setup demo test test-fast bench clean
 
 setup:
 	@bash tools/setup_env.sh
@@ -15,6 +15,11 @@ demo: setup
 # pytest exits 5 when no test ran; make turns every non-zero exit into a failure.
 test: setup
 	$(PY) -m pytest -q tests
+
+# While iterating: everything but the tests marked slow (pytest.mark.slow, > ~30 s on 2 CPUs).
+# Not the newcomer's command: `make test` stays the whole suite.
+test-fast: setup
+	$(PY) -m pytest -q -m "not slow" tests
 
 clean:
 	rm -rf runs .pytest_cache

@@ -9,7 +9,7 @@ then scored with OpenCV's DIS and Farneback on held-out pairs at every degradati
 1. Data: the first 80% of the frames of the sample videos (bikes, carphone; the last 20%
    are the evaluation's held-out frames) -> a fixed pool of flow pairs made and degraded
    with preset `heavy` exactly as pipelines/data/loaders.py does for DRFA pretraining (made at
-   128 px, degraded to 64 px; pipelines/evaluation/flow_eval.py: `flow_pairs`). Every variant sees
+   128 px, degraded to 64 px; pipelines/data/flow_pairs.py: `flow_pairs`). Every variant sees
    the same batches in the same order (pool reshuffled per epoch, a whole batch flipped
    left-right half the time, both from the seed).
 2. Train, in this process, no Ray: for each variant the same seed, steps, AdamW + one-cycle
@@ -65,28 +65,15 @@ class TrainSpec:
     log_every: int = 0            # print every N steps (0: ~10 lines per run)
 
 
-class TorchEngine:
-    """The three calls `drfa_step` makes of a DeepSpeed engine, around a model + AdamW + one-cycle."""
+def plain_engine(model, spec: TrainSpec):
+    """The engine `drfa_step` drives: the model + AdamW + RAFT's one-cycle schedule, clipped."""
+    from pipelines.train.common import PlainEngine
 
-    def __init__(self, model, spec: TrainSpec):
-        self.model = model
-        self.grad_clip = spec.grad_clip
-        self.optimizer = torch.optim.AdamW(model.parameters(), lr=spec.lr, weight_decay=spec.weight_decay, eps=1e-8)
-        self.scheduler = torch.optim.lr_scheduler.OneCycleLR(
-            self.optimizer, max_lr=spec.lr, total_steps=spec.steps + 1, pct_start=spec.pct_start,
-            cycle_momentum=False, anneal_strategy="linear")
-
-    def __call__(self, *args, **kwargs):
-        return self.model(*args, **kwargs)
-
-    def backward(self, loss):
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-
-    def step(self):
-        torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
-        self.optimizer.step()
-        self.scheduler.step()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=spec.lr, weight_decay=spec.weight_decay, eps=1e-8)
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, max_lr=spec.lr, total_steps=spec.steps + 1, pct_start=spec.pct_start,
+        cycle_momentum=False, anneal_strategy="linear")
+    return PlainEngine(model, optimizer, grad_clip=spec.grad_clip, scheduler=scheduler)
 
 
 def batches(pool: dict[str, torch.Tensor], batch_size: int, seed: int):
@@ -122,7 +109,7 @@ def train_variant(variant: str, pool, spec: TrainSpec, out: str | None = None, q
         pool = torch.load(pool, weights_only=True)
     torch.manual_seed(spec.seed)
     model = build(flow_preset(spec.preset, variant)).train()
-    engine = TorchEngine(model, spec)
+    engine = plain_engine(model, spec)
     data = batches(pool, spec.batch_size, spec.seed)
     every = spec.log_every or max(1, spec.steps // 10)
     history = []
@@ -202,12 +189,8 @@ def main(argv=None) -> int:
 
     import cv2
 
-    from pipelines.evaluation.flow_eval import (
-        FlowEvalConfig,
-        evaluate_flow,
-        flow_pairs,
-        load_frames,
-    )
+    from pipelines.data.flow_pairs import flow_pairs, load_frames
+    from pipelines.evaluation.flow_eval import evaluate_flow, FlowEvalConfig
 
     torch.set_num_threads(args.threads)
     cv2.setNumThreads(1)

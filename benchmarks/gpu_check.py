@@ -117,7 +117,8 @@ def check_vae(bundle, latent: int, device, out: dict) -> None:
 
 @torch.no_grad()
 def check_restore(bundle, flow_net, lr: int, frames: int, device, dtype, out: dict) -> None:
-    from models.upscaler import UpscalerConfig, VideoUpscaler
+    from models.upscaler.config import UpscalerConfig
+    from models.upscaler.video import VideoUpscaler
 
     up = VideoUpscaler(bundle, UpscalerConfig(pretrained="random"), flow_net, device=device, dtype=dtype)
     clip = torch.rand(frames, 3, lr, lr, generator=torch.Generator().manual_seed(0))

@@ -19,7 +19,7 @@ interrupted run resumes after the last finished stage; `--restart` starts over):
 4. eval    - held-out clips (the last 20% of every video, never trained on; `--eval-frames`
              consecutive frames, centre `--eval-crop` px) degraded with light / medium / heavy and
              with a plain bicubic x4 + JPEG recipe (`plain`), restored by every method, scored with
-             `pipelines.evaluation.suite` (TecoGAN convention: Y channel, centre crop, 2 border frames):
+             `pipelines.evaluation` (TecoGAN convention: Y channel, centre crop, 2 border frames):
              PSNR, SSIM, NIQE (when its parameter file is present), tOF, Ewarp, and tLPIPS on a
              RANDOM AlexNet trunk (no ImageNet weights offline; labelled so: not the paper's tLPIPS).
 5. tables  - Table 1 (bicubic / teacher 50 steps / teacher 4 steps / student 4 steps), Table 2
@@ -215,7 +215,8 @@ class SampleClips:
 def train_student_stage(cfg: TablesConfig, out: Path, name: str, prior: str, flows: dict, seconds: float,
                         clips: SampleClips) -> dict:
     """One student row: `cfg.student_steps` steps, or as many as fit in `seconds`."""
-    from pipelines.train.distill import DistillTrainConfig, build_models, distill_step, export_model, plain_engines
+    from pipelines import model_folder
+    from pipelines.train.distill import DistillTrainConfig, build_models, distill_step, plain_engines
 
     flow, l_adv, l_tl, timesteps, draws = STUDENTS[name]
     dcfg_full = DistillTrainConfig(teacher=prior, flow=flows[flow], lambda_adv=l_adv, lambda_tlpips=l_tl,
@@ -242,7 +243,7 @@ def train_student_stage(cfg: TablesConfig, out: Path, name: str, prior: str, flo
                   f"{np.mean([h['tlpips'] for h in recent]):.4f} {time.time() - t0:.0f} s", flush=True)
     up.eval()
     folder = _fresh(out / "students" / f"{name}.part")
-    export_model(folder, models, dcfg_full, step=step, complete=True, bundle=bundle)
+    model_folder.save(folder, models, dcfg_full, step=step, complete=True, bundle=bundle)
     final = out / "students" / name
     shutil.rmtree(final, ignore_errors=True)
     folder.rename(final)
@@ -273,7 +274,7 @@ def eval_clips(cfg: TablesConfig) -> list[tuple[str, torch.Tensor]]:
     """(name, hq (T, 3, c, c) in [0, 1]): the first `eval_frames` held-out frames of each video
     (a shot long enough, else the longest run), centre-cropped; plus --eval videos."""
     from pipelines.data.shots import detect_shots
-    from pipelines.train.prior import load_sample_frames
+    from pipelines.train.prior_data import load_sample_frames
 
     out = []
     sources = [(n, f) for n, f in zip(cfg.videos, load_sample_frames(list(cfg.videos), "heldout"))]
@@ -308,8 +309,9 @@ def degrade_eval(hq: torch.Tensor, preset: str, seed: int, quality: int) -> torc
 
 def method_table(cfg: TablesConfig, out: Path, students: dict) -> dict:
     """name -> (what it is, restore(lq (T, 3, h, w)) -> (T, 3, 4h, 4w) in [0, 1])."""
-    from models.upscaler import UpscalerConfig, VideoUpscaler
-    from pipelines.train.distill import load_restorer
+    from models.upscaler.config import UpscalerConfig
+    from models.upscaler.video import VideoUpscaler
+    from pipelines import model_folder
 
     prior = VideoUpscaler.from_config(UpscalerConfig(pretrained=str(out / "prior")), None).eval()
 
@@ -333,7 +335,7 @@ def method_table(cfg: TablesConfig, out: Path, students: dict) -> dict:
         "teacher x0 4 steps": ("the prior in the student's sampler (750/500/250/0), no distillation", few_step),
     }
     for name, folder in students.items():
-        up = load_restorer(folder)
+        up = model_folder.load(folder)
         methods[f"student {name}"] = (f"4-step student '{name}'", lambda lq, up=up: up.restore_clip(lq))
         if name == "full":
             def withheld(lq, up=up):   # every frame restored as the first of a shot: no previous frame
@@ -401,7 +403,7 @@ def _key(table_row: dict, metric: str):
 
 
 def markdown(title: str, table: dict, paper: dict | None, note: str = "") -> str:
-    from pipelines.evaluation.suite import metric_label
+    from pipelines.evaluation.conventions import metric_label
 
     first = next(iter(table.values()), {})
     keys = [_key(first, m)[0] for m in METRICS]
@@ -520,7 +522,7 @@ def main(argv=None) -> int:
     students = {}
     for name in cfg.students:
         if f"student:{name}" not in state.data and clips is None:
-            from pipelines.train.prior import load_sample_frames
+            from pipelines.train.prior_data import load_sample_frames
 
             clips = SampleClips(load_sample_frames(list(cfg.videos), "train"), cfg.clip_len, cfg.crop,
                                 cfg.train_degrade, cfg.seed)

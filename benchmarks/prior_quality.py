@@ -34,7 +34,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from pipelines.train import common as tc
 from pipelines.train import prior as tp
+from pipelines.train import prior_data as pdata
 
 
 def parse_args(argv=None):
@@ -93,7 +95,7 @@ def train(args, cfg: tp.PriorTrainConfig):
     if "vae" not in engines:                 # a lossless codec: no VAE stage
         args.vae_fraction = 0.0
     names = args.videos.split(",")
-    source = tp.SampleFramePairs(tp.load_sample_frames(names, "train"), cfg.patch, cfg.degrade, seed=args.seed)
+    source = pdata.SampleFramePairs(pdata.load_sample_frames(names, "train"), cfg.patch, cfg.degrade, seed=args.seed)
     print(f"[prior_quality] params: unet {sum(p.numel() for p in bundle.unet.parameters()) / 1e6:.2f} M, "
           f"vae {sum(p.numel() for p in bundle.vae.parameters()) / 1e6:.2f} M; train frames "
           f"{sum(len(f) for f in source.frames)} from {names}; {cfg.degrade} degradation, "
@@ -117,12 +119,12 @@ def train(args, cfg: tp.PriorTrainConfig):
             stage = "unet"
         # learning rates follow the stage's share of the wall-clock budget
         if stage == "vae":
-            tp.set_lr(engines["vae"].optimizer, tp.lr_multiplier(now / vae_budget, cfg.warmup, cfg.final_lr))
+            tc.set_lr(engines["vae"].optimizer, tc.lr_multiplier(now / vae_budget, cfg.warmup, cfg.final_lr))
         else:
-            mult = tp.lr_multiplier((now - vae_budget) / (budget - vae_budget), cfg.warmup, cfg.final_lr)
-            tp.set_lr(engines["unet"].optimizer, mult)
+            mult = tc.lr_multiplier((now - vae_budget) / (budget - vae_budget), cfg.warmup, cfg.final_lr)
+            tc.set_lr(engines["unet"].optimizer, mult)
             if "vae" in engines:
-                tp.set_lr(engines["vae"].optimizer, mult, frozen=("encoder",))
+                tc.set_lr(engines["vae"].optimizer, mult, frozen=("encoder",))
         lq, hq = source.batch(cfg.batch_size)
         s0 = time.time()
         metrics = tp.prior_step(engines, parts, lq, hq, stage, cfg)
@@ -163,7 +165,7 @@ def scores(pred: torch.Tensor, ref: torch.Tensor) -> dict[str, float]:
 def eval_frames(args) -> list[tuple[str, torch.Tensor]]:
     names = args.videos.split(",")
     out = []
-    for name, frames in zip(names, tp.load_sample_frames(names, "heldout")):
+    for name, frames in zip(names, pdata.load_sample_frames(names, "heldout")):
         idx = np.linspace(0, len(frames) - 1, args.eval_frames).round().astype(int)
         for i in idx:
             f = frames[int(i)].float() / 255
@@ -188,7 +190,9 @@ def few_step(up, lq, seed, timesteps):
 
 @torch.no_grad()
 def evaluate(args) -> dict[str, dict]:
-    from models.upscaler import UpscalerBundle, UpscalerConfig, VideoUpscaler
+    from models.upscaler.bundle import UpscalerBundle
+    from models.upscaler.config import UpscalerConfig
+    from models.upscaler.video import VideoUpscaler
 
     bundle = UpscalerBundle.from_pretrained(args.out)
     up = VideoUpscaler(bundle, UpscalerConfig(pretrained=args.out, noise_level=args.noise_level))
@@ -202,7 +206,7 @@ def evaluate(args) -> dict[str, dict]:
     }
     results = {m: {"rows": [], "seconds": 0.0} for m in methods}
     for k, (name, hq) in enumerate(eval_frames(args)):
-        lq = tp.degrade_pairs(hq[None], eval_preset(args), 4, np.random.default_rng(10_000 + k))[0]
+        lq = pdata.degrade_pairs(hq[None], eval_preset(args), 4, np.random.default_rng(10_000 + k))[0]
         for m, fn in methods.items():
             t0 = time.time()
             pred = fn(lq, hq, k)

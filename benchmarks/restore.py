@@ -31,7 +31,11 @@ import numpy as np
 import torch
 
 from pipelines.common import video
-from pipelines.restore.archive import Progress, RestoreConfig, load_restorer, restore_archive, restore_video
+from pipelines.restore.archive import restore_archive
+from pipelines.restore.config import RestoreConfig
+from pipelines.restore.progress import Progress
+from pipelines.restore.restorers import load_restorer
+from pipelines.restore.stream import restore_video
 from pipelines.common.samples import sample_video
 
 STAGES = [("io", "download"), ("decode", "decode"), ("shots", "shot detection"), ("flow", "flow + warp"),
@@ -50,7 +54,8 @@ def rss_mb() -> float:
 def make_model(folder: str) -> str:
     """The tiny preset saved like a real model, with a 'trained' student (non-zero temporal weights)."""
     from models.presets import save_tiny_pretrained
-    from models.upscaler import UpscalerBundle, VideoUpscaler
+    from models.upscaler.bundle import UpscalerBundle
+    from models.upscaler.video import VideoUpscaler
 
     save_tiny_pretrained(folder, seed=0)
     up = VideoUpscaler(UpscalerBundle.from_pretrained(folder))

@@ -21,9 +21,10 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from models.presets import build_random_bundle, upscaler_preset  # noqa: E402
-from models.upscaler import SectionTimer, VideoUpscaler  # noqa: E402
+from models.timing import SectionTimer  # noqa: E402
+from models.upscaler.video import VideoUpscaler  # noqa: E402
+from pipelines.common.devices import DTYPES  # noqa: E402
 
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
 def moving_clip(frames: int, size: int) -> torch.Tensor:

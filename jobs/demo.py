@@ -15,7 +15,7 @@ themselves resume from their checkpoints).
   6. inputs    - a degraded low-resolution copy of a held-out piece of the video, and its ground truth
   7. restore   - Ray batch restoration with the student, and the bicubic baseline (jobs/restore.py)
   8. teacher   - the teacher's multi-step restoration of the same input, for comparison
-  9. evaluate  - metric tables and the HTML report (jobs/evaluate.py)
+  9. evaluate  - metric tables and the HTML report (pipelines/evaluation/evaluate.py)
 
 The models are small and trained for minutes on a CPU: the report shows every part working
 end to end on frames the models never saw, not what the method achieves with Stable
@@ -161,7 +161,8 @@ def stage_inputs(cfg: DemoConfig, run_dir: str) -> dict:
 
 
 def stage_restore(cfg: DemoConfig, run_dir: str) -> dict:
-    from pipelines.restore.archive import RestoreConfig, restore_archive
+    from pipelines.restore.archive import restore_archive
+    from pipelines.restore.config import RestoreConfig
 
     out = {}
     for name, model in (("student", os.path.join(run_dir, "student")), ("bicubic", "bicubic")):
@@ -177,7 +178,8 @@ def stage_teacher(cfg: DemoConfig, run_dir: str) -> dict:
     """The frozen prior alone (no temporal conditioning) at `teacher_steps` DDIM steps."""
     import torch
 
-    from models.upscaler import UpscalerConfig, VideoUpscaler
+    from models.upscaler.config import UpscalerConfig
+    from models.upscaler.video import VideoUpscaler
 
     up = VideoUpscaler.from_config(UpscalerConfig(pretrained=os.path.join(run_dir, "prior")), None)
     lq_path = os.path.join(run_dir, "lq", "heldout.mp4")
@@ -233,12 +235,12 @@ def demo_about(cfg: DemoConfig, run_dir: str) -> str:
 
 
 def stage_evaluate(cfg: DemoConfig, run_dir: str) -> dict:
-    import evaluate as evaluate_job  # jobs/evaluate.py (this script's folder is on sys.path)
+    from pipelines.evaluation.evaluate import EvaluateConfig, evaluate
 
     restored = os.path.join(run_dir, "restored")
     methods = tuple(f"{name}={os.path.join(restored, name)}" for name in sorted(os.listdir(restored)))
     out = os.path.join(run_dir, "eval")
-    evaluate_job.evaluate(evaluate_job.EvaluateConfig(
+    evaluate(EvaluateConfig(
         method=methods, gt=os.path.join(run_dir, "gt"), lq=os.path.join(run_dir, "lq"), out=out,
         lpips_random_backbone=False, about=demo_about(cfg, run_dir)))
     return {"report": os.path.join(out, "report", "index.html"), "tables": os.path.join(out, "summary.md")}

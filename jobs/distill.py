@@ -8,7 +8,7 @@ Distils the frozen x4 diffusion prior (--teacher: a save_pretrained folder, a hu
 degraded on the fly. Ray Train + DeepSpeed (two ZeRO-2 engines; bf16 on GPU, fp32 on CPU);
 resumes from the latest checkpoint after a worker failure and when started again with the
 same --run-name. Exports ONE folder (--out) that `jobs/restore.py --model` and
-`pipelines.train.distill.load_restorer` load: the teacher bundle, student/, flow.safetensors,
+`pipelines.model_folder.load` load: the teacher bundle, student/, flow.safetensors,
 discriminator.safetensors and restorer.json.
 """
 import sys

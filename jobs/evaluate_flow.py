@@ -12,7 +12,7 @@ Methods: every --checkpoint NAME=PATH (a models.flow safetensors checkpoint, e.g
 drfa.safetensors from jobs/pretrain_drfa.py) plus OpenCV's DIS and Farneback (--baselines;
 add "zero", no motion, for the floor a learned method must beat). On a small CPU machine
 pass --threads 1: tiny models run ~20x faster than with OpenMP spinning on 2 busy cores.
-Pairs: made like DRFA's training pairs (pipelines/data/loaders.py) from the last --holdout of
+Pairs: DRFA's training recipe (pipelines/data/flow_pairs.py) from the last --holdout of
 the frames of each --frames-from video (sample names or paths), with a fixed --seed;
 every preset (--presets) degrades the same clean pairs. Writes flow_eval.md / .csv /
 .json and examples/*.png under --out, prints the table and a one-line summary.
@@ -26,7 +26,7 @@ import sys
 import _bootstrap  # noqa: F401  (repo root on sys.path)
 
 from pipelines.common import cli
-from pipelines.evaluation.flow_eval import FlowEvalConfig, evaluate_flow
+from pipelines.evaluation.flow_eval import evaluate_flow, FlowEvalConfig
 
 
 def parse_args(argv=None) -> FlowEvalConfig:

@@ -16,7 +16,8 @@ import sys
 import _bootstrap  # noqa: F401  (repo root on sys.path)
 
 from pipelines.common import cli
-from pipelines.restore.archive import RestoreConfig, restore_archive
+from pipelines.restore.archive import restore_archive
+from pipelines.restore.config import RestoreConfig
 
 
 def main(argv=None) -> int:

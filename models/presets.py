@@ -37,7 +37,8 @@ from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, UNet2DConditi
 
 from models.discriminator import DiscriminatorConfig
 from models.pixel_codec import PixelUnshuffleCodec
-from models.upscaler import SD_X4_REPO, UpscalerBundle, UpscalerConfig
+from models.upscaler.bundle import UpscalerBundle
+from models.upscaler.config import SD_X4_REPO, UpscalerConfig
 
 SD_X4_UNET = dict(
     sample_size=128, in_channels=7, out_channels=4, layers_per_block=2,

@@ -59,7 +59,7 @@ def test_help_is_each_fields_comment(capsys):
 
 def test_every_job_flag_has_a_sentence():
     """The real configs: every field of the restore and distillation jobs is explained."""
-    from pipelines.restore.archive import RestoreConfig
+    from pipelines.restore.config import RestoreConfig
     from pipelines.train.distill import DistillTrainConfig
 
     for cls in (RestoreConfig, DistillTrainConfig):

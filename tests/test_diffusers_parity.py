@@ -13,7 +13,8 @@ import torch
 from diffusers import DDIMScheduler, StableDiffusionUpscalePipeline
 
 from models.presets import SD_X4_SCHEDULER, build_random_bundle
-from models.upscaler import LowResCondition, UpscalerConfig, VideoUpscaler
+from models.upscaler.config import UpscalerConfig
+from models.upscaler.video import LowResCondition, VideoUpscaler
 
 
 @pytest.mark.parametrize("steps", [4, 10])
@@ -64,7 +65,7 @@ def test_teacher_guidance_equals_the_pipeline_at_scale_9(tmp_path):
     """A prompt and a negative prompt with different embeddings: the pipeline guides at 9
     (its default); so must the teacher (the distillation target). Also through a saved and
     reloaded bundle (the embeddings file keeps both)."""
-    from models.upscaler import UpscalerBundle
+    from models.upscaler.bundle import UpscalerBundle
 
     bundle = build_random_bundle("tiny", seed=0)
     g = torch.Generator().manual_seed(11)

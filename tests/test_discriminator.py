@@ -5,7 +5,7 @@ import torch
 
 from models.discriminator import LatentDiscriminator
 from models.presets import build_random_bundle, discriminator_preset, upscaler_preset
-from models.upscaler import VideoUpscaler
+from models.upscaler.video import VideoUpscaler
 from pipelines.train.distill_step import AdversarialBatch, DistillConfig, DistillModels, discriminator_step
 
 

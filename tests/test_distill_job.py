@@ -19,8 +19,9 @@ from models.flow import save as save_flow
 from models.presets import save_tiny_pretrained
 from pipelines.data.loaders import LoaderConfig, make_distill_loader
 from pipelines.data.shards import ShardConfig, build_shards
+from pipelines import model_folder
 from pipelines.train.distill import (DistillTrainConfig, build_models, check_config, distill, distill_step,
-                                     export_model, load_restorer, step_generator)
+                                     plain_engines, step_generator)
 from pipelines.train.distill_step import discriminator_step, generator_step
 from tests.media import shots_video
 
@@ -87,20 +88,6 @@ def lq_clip(assets) -> torch.Tensor:
     return next(iter(loader))["lq"][0]                              # (3, 3, 8, 8)
 
 
-class TorchEngine:
-    """A plain Adam in the role of a DeepSpeed engine (backward + step)."""
-
-    def __init__(self, params, lr):
-        self.opt = torch.optim.Adam(params, lr=lr)
-
-    def backward(self, loss):
-        self.opt.zero_grad(set_to_none=True)
-        loss.backward()
-
-    def step(self):
-        self.opt.step()
-
-
 def test_export_restores_exactly_what_the_trained_model_restores(assets, tmp_path):
     cfg = small_config(assets, tmp_path)
     check_config(cfg)
@@ -108,8 +95,7 @@ def test_export_restores_exactly_what_the_trained_model_restores(assets, tmp_pat
     up, d = models.upscaler, models.discriminator
     student0 = {k: v.clone() for k, v in up.student.state_dict().items()}
     d0 = {k: v.clone() for k, v in d.state_dict().items()}
-    g_engine = TorchEngine(up.trainable_parameters(), cfg.lr)
-    d_engine = TorchEngine(d.parameters(), cfg.d_lr)
+    g_engine, d_engine = plain_engines(models, cfg.lr, cfg.d_lr)
     loader = make_distill_loader(cfg.shards, LoaderConfig(batch_size=1, num_workers=0, crop=HQ, clip_len=CLIP,
                                                                   degrade=cfg.degrade),
                                  rank=0, world_size=1)
@@ -119,13 +105,13 @@ def test_export_restores_exactly_what_the_trained_model_restores(assets, tmp_pat
                                torch.Generator().manual_seed(step))
         assert {"loss", "distill", "adv_g", "tlpips", "d_loss"} <= set(metrics)
         assert all(torch.isfinite(torch.tensor(v)) for v in metrics.values())
-    folder = export_model(tmp_path / "export", models, cfg, step=2, complete=True, bundle=bundle)
+    folder = model_folder.save(tmp_path / "export", models, cfg, step=2, complete=True, bundle=bundle)
     frozen_checks(folder, assets)
     assert_moved(student0, tensors(folder / "student" / "diffusion_pytorch_model.safetensors"), "student")
     assert_moved(d0, tensors(folder / "discriminator.safetensors"), "discriminator")
 
     up.eval()
-    loaded = load_restorer(folder, "cpu")
+    loaded = model_folder.load(folder, "cpu")
     assert loaded.cfg.student_timesteps == (750, 500, 250, 0)
     clip = lq_clip(assets)
     want = up.restore_clip(clip, seed=5)
@@ -133,8 +119,9 @@ def test_export_restores_exactly_what_the_trained_model_restores(assets, tmp_pat
     assert got.shape == (3, 3, HQ, HQ)
     assert torch.equal(got, want)                                     # from_pretrained reproduces it exactly
     # the restore job's loader reads the same folder to the same model
-    from pipelines.restore.archive import RestoreConfig, draw_noise
-    from pipelines.restore.archive import load_restorer as restore_job_loader
+    from pipelines.restore.config import RestoreConfig
+    from pipelines.restore.restorers import draw_noise
+    from pipelines.restore.restorers import load_restorer as restore_job_loader
 
     job = restore_job_loader(RestoreConfig(model=str(folder), tile=0), "cpu")
     noise = draw_noise(job, 1, 8, 8, torch.Generator().manual_seed(7))
@@ -234,11 +221,12 @@ def test_two_workers_zero2_killed_once_resume_finish_export_restart(ray_local, a
     assert meta["complete"] and meta["step"] == 3
 
     # it restores, through the restore job's loader too, to the same frames
-    from pipelines.restore.archive import RestoreConfig, draw_noise
-    from pipelines.restore.archive import load_restorer as restore_job_loader
+    from pipelines.restore.config import RestoreConfig
+    from pipelines.restore.restorers import draw_noise
+    from pipelines.restore.restorers import load_restorer as restore_job_loader
 
     clip = lq_clip(assets)
-    loaded = load_restorer(out)
+    loaded = model_folder.load(out)
     job = restore_job_loader(RestoreConfig(model=out, tile=0), "cpu")
     hr, _ = job.restore_frame(clip[:1], None, draw_noise(job, 1, 8, 8, torch.Generator().manual_seed(1)))
     ref, _ = loaded.restore_frame(clip[0], None, generator=torch.Generator().manual_seed(1))

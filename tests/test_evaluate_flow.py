@@ -9,15 +9,8 @@ import cv2
 import pytest
 import torch
 
-from pipelines.evaluation.flow_eval import (
-    METRICS,
-    FlowEvalConfig,
-    column,
-    evaluate_flow,
-    flow_pairs,
-    frame_split,
-    load_frames,
-)
+from pipelines.data.flow_pairs import flow_pairs, frame_split, load_frames
+from pipelines.evaluation.flow_eval import column, evaluate_flow, FlowEvalConfig, METRICS
 
 PRESETS = ("clean", "light", "medium", "heavy")
 

@@ -7,7 +7,9 @@ import json
 import pytest
 import torch
 
-from models import upscaler as U
+from models.upscaler import bundle as B
+from models.upscaler.config import UpscalerConfig
+from models.upscaler.video import VideoUpscaler
 from models.presets import build_random_bundle
 
 
@@ -19,12 +21,12 @@ def test_x4_copy_without_scaling_factor_gets_the_x4_value(tmp_path):
     raw = json.loads(cfg_path.read_text())
     raw.pop("scaling_factor")
     cfg_path.write_text(json.dumps(raw))
-    loaded = U.UpscalerBundle.from_pretrained(tmp_path / "x4")
-    assert loaded.vae.config.scaling_factor == U.X4_VAE_SCALING      # not diffusers' default 0.18215
+    loaded = B.UpscalerBundle.from_pretrained(tmp_path / "x4")
+    assert loaded.vae.config.scaling_factor == B.X4_VAE_SCALING      # not diffusers' default 0.18215
     # a VAE that states its own factor keeps it (d2vr's tiny prior fits one)
     raw["scaling_factor"] = 0.5
     cfg_path.write_text(json.dumps(raw))
-    assert U.UpscalerBundle.from_pretrained(tmp_path / "x4").vae.config.scaling_factor == 0.5
+    assert B.UpscalerBundle.from_pretrained(tmp_path / "x4").vae.config.scaling_factor == 0.5
 
 
 def test_prompt_encoder_gets_the_hub_options(monkeypatch):
@@ -56,16 +58,16 @@ def test_prompt_encoder_gets_the_hub_options(monkeypatch):
 
     monkeypatch.setattr(transformers, "CLIPTokenizer", CLIPTokenizer)
     monkeypatch.setattr(transformers, "CLIPTextModel", CLIPTextModel)
-    U._encode_prompt_cached.cache_clear()
-    out = U.encode_prompt("some/repo", "a photo", revision="abc", local_files_only=True, torch_dtype=None)
+    B._encode_prompt_cached.cache_clear()
+    out = B.encode_prompt("some/repo", "a photo", revision="abc", local_files_only=True, torch_dtype=None)
     assert out.shape == (1, 4, 8)
     for name in ("CLIPTokenizer", "CLIPTextModel"):
         assert seen[name] == {"subfolder": seen[name]["subfolder"], "revision": "abc", "local_files_only": True}
-    U._encode_prompt_cached.cache_clear()
+    B._encode_prompt_cached.cache_clear()
 
 
 def test_vae_stays_float32_unless_asked():
-    up = U.VideoUpscaler(build_random_bundle("tiny", seed=0), U.UpscalerConfig(pretrained="tiny"),
+    up = VideoUpscaler(build_random_bundle("tiny", seed=0), UpscalerConfig(pretrained="tiny"),
                          dtype=torch.bfloat16)
     assert up.dtype == torch.bfloat16 and up.vae_dtype == torch.float32
 

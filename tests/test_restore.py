@@ -1,4 +1,4 @@
-"""pipelines.restore.archive without Ray: the tiny diffusion restorer, shot resets, tiles, one video."""
+"""pipelines.restore without Ray: the tiny diffusion restorer, shot resets, tiles, one video."""
 from __future__ import annotations
 
 import dataclasses
@@ -10,17 +10,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pipelines.restore import archive as restore
-
 from pipelines.common import video
-from pipelines.restore.archive import (
-    BicubicRestorer,
-    RestoreConfig,
-    draw_noise,
-    load_restorer,
-    restore_frames,
-    restore_video,
-)
+from pipelines.restore.archive import restore_archive
+from pipelines.restore.config import RestoreConfig
+from pipelines.restore.manifest import read_manifest
+from pipelines.restore.restorers import BicubicRestorer, draw_noise, load_restorer
+from pipelines.restore.stream import StreamStats, restore_frames, restore_video
 from pipelines.common.samples import sample_video
 from pipelines.restore.tiling import TileConfig, TiledRestorer, tile_spans
 from tests.media import corrupt_file, shots_video
@@ -30,7 +25,8 @@ def tiny_model_dir(path) -> str:
     """The tiny upscaler saved like a real one, with a 'trained' student (random temporal
     weights, so the output depends on the previous frame) and the flow net when there is one."""
     from models.presets import save_tiny_pretrained
-    from models.upscaler import UpscalerBundle, VideoUpscaler
+    from models.upscaler.bundle import UpscalerBundle
+    from models.upscaler.video import VideoUpscaler
 
     save_tiny_pretrained(path, seed=0)
     up = VideoUpscaler(UpscalerBundle.from_pretrained(path))
@@ -39,10 +35,8 @@ def tiny_model_dir(path) -> str:
         w = up.student.conv_in.weight
         w[:, 7:] = torch.randn(w[:, 7:].shape, generator=gen) * 0.1
     up.save_student(os.path.join(path, "student"))
-    try:
-        from models.flow import build, flow_preset, save
-    except ImportError:                      # no flow net yet: zero flow
-        return str(path)
+    from models.flow import build, flow_preset, save
+
     torch.manual_seed(0)
     save(build(flow_preset("tiny", variant="drfa")), os.path.join(path, "flow.safetensors"))
     return str(path)
@@ -114,7 +108,7 @@ def test_state_is_reset_at_a_cut_a_shot_restores_as_its_own_video(diffusion):
     # a missed cut would show: the first frame after it conditioned on shot A's last frame
     missed = list(restore_frames([*shot_a, *shot_b], diffusion, detector=CutsAt([]), seed=7))
     assert np.abs(missed[2].astype(int) - alone[0].astype(int)).max() > 10
-    stats = restore.StreamStats()
+    stats = StreamStats()
     list(restore_frames([*shot_a, *shot_b], BicubicRestorer(4), detector=CutsAt([2]), stats=stats))
     assert stats.shot_starts == [0, 2] and stats.frames == 4
 
@@ -201,11 +195,11 @@ def test_job_script_on_a_local_folder_recovers_from_markers(tmp_path):
     assert video.probe(str(dst / "a" / "clip.MP4")).frames == 12
     os.remove(dst / "manifest.parquet")
     cfg = RestoreConfig(src=str(src), dst=str(dst), ray=False, tile=0, preset="ultrafast")
-    again = restore.restore_archive(cfg)
+    again = restore_archive(cfg)
     assert (again["restored"], again["skipped"]) == (0, 1)
-    (row,) = restore.read_manifest(str(dst / "manifest.parquet")).values()
+    (row,) = read_manifest(str(dst / "manifest.parquet")).values()
     assert row["status"] == "skipped" and row["frames"] == 12 and row["shots"] == 2
-    forced = restore.restore_archive(dataclasses.replace(cfg, force=True))
+    forced = restore_archive(dataclasses.replace(cfg, force=True))
     assert forced["restored"] == 1
     with pytest.raises(ValueError, match="must differ"):
-        restore.restore_archive(dataclasses.replace(cfg, dst=str(src)))
+        restore_archive(dataclasses.replace(cfg, dst=str(src)))

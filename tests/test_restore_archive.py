@@ -15,7 +15,9 @@ import numpy as np
 import pytest
 
 from pipelines.common import storage, video
-from pipelines.restore.archive import RestoreConfig, read_manifest, restore_archive
+from pipelines.restore.archive import restore_archive
+from pipelines.restore.config import RestoreConfig
+from pipelines.restore.manifest import read_manifest
 from pipelines.common.samples import sample_video
 from tests.media import corrupt_file, textured_frames
 from tests.test_restore import tiny_model_dir

@@ -6,8 +6,12 @@ import torch
 
 from models.pixel_codec import PixelUnshuffleCodec, downscale_factor, latent_channels, load_codec
 from models.presets import build_random_bundle
-from models.upscaler import UpscalerBundle, UpscalerConfig, VideoUpscaler
+from models.upscaler.bundle import UpscalerBundle
+from models.upscaler.config import UpscalerConfig
+from models.upscaler.video import VideoUpscaler
+from pipelines.train import common as tc
 from pipelines.train import prior as tp
+from pipelines.train import prior_data as pdata
 
 
 def test_codec_is_lossless_and_shaped_like_the_x4_latent():
@@ -63,7 +67,7 @@ def test_student_starts_as_the_small_prior():
 
 @pytest.fixture(scope="module")
 def frames():
-    return tp.load_sample_frames(["carphone"], "train")
+    return pdata.load_sample_frames(["carphone"], "train")
 
 
 def _cfg(**kw):
@@ -81,7 +85,7 @@ def test_small_prior_learns_on_small_data(frames):
     engines = tp.plain_engines(bundle, cfg)
     assert set(engines) == {"unet"}
     parts = tp.PriorParts(bundle.scheduler, bundle.low_res_scheduler, bundle.prompt_embeds, 1.0, vae=bundle.vae)
-    source = tp.SampleFramePairs(frames, cfg.patch, cfg.degrade, seed=0)
+    source = pdata.SampleFramePairs(frames, cfg.patch, cfg.degrade, seed=0)
     data = [source.batch(cfg.batch_size) for _ in range(2)]
 
     def fixed_loss():
@@ -106,7 +110,7 @@ def test_small_prior_step_runs_in_bf16(frames, dtype):
     bundle.unet.to(dtype)
     engines = tp.plain_engines(bundle, cfg)
     parts = tp.PriorParts(bundle.scheduler, bundle.low_res_scheduler, bundle.prompt_embeds, 1.0, vae=bundle.vae)
-    lq, hq = tp.SampleFramePairs(frames, cfg.patch, cfg.degrade, seed=0).batch(2)
+    lq, hq = pdata.SampleFramePairs(frames, cfg.patch, cfg.degrade, seed=0).batch(2)
     before = [p.detach().clone() for p in bundle.unet.parameters()]
     metrics = tp.prior_step(engines, parts, lq, hq, "unet", cfg)
     assert torch.isfinite(torch.tensor(metrics["unet_loss"]))
@@ -152,8 +156,8 @@ def test_small_distill_step_trains_student_and_discriminator(frames, dtype):
 
     models = _small_distill_models(dtype)
     up = models.upscaler
-    g = tp.PlainEngine(up.student, torch.optim.Adam(up.trainable_parameters(), lr=1e-3), grad_clip=0.0)
-    d = tp.PlainEngine(models.discriminator, torch.optim.Adam(models.discriminator.parameters(), lr=1e-3),
+    g = tc.PlainEngine(up.student, torch.optim.Adam(up.trainable_parameters(), lr=1e-3), grad_clip=0.0)
+    d = tc.PlainEngine(models.discriminator, torch.optim.Adam(models.discriminator.parameters(), lr=1e-3),
                        grad_clip=0.0)
     s0 = [p.detach().clone() for p in up.student.parameters()]
     d0 = [p.detach().clone() for p in models.discriminator.parameters()]
@@ -215,8 +219,8 @@ def test_discriminator_heads_only_keeps_the_encoder(frames):
     assert trainable and all(any(p is q for q in d.heads.parameters()) for p in trainable)
     enc0 = [p.detach().clone() for p in d.encoder.parameters()]
     heads0 = [p.detach().clone() for p in d.heads.parameters()]
-    g = tp.PlainEngine(up.student, torch.optim.Adam(up.trainable_parameters(), lr=1e-3), grad_clip=0.0)
-    de = tp.PlainEngine(d, torch.optim.Adam(trainable, lr=1e-3), grad_clip=0.0)
+    g = tc.PlainEngine(up.student, torch.optim.Adam(up.trainable_parameters(), lr=1e-3), grad_clip=0.0)
+    de = tc.PlainEngine(d, torch.optim.Adam(trainable, lr=1e-3), grad_clip=0.0)
     distill_step(models, g, de, _clip_batch(frames), DistillConfig(), torch.Generator().manual_seed(0))
     assert all(torch.equal(a, p) for a, p in zip(enc0, d.encoder.parameters()))
     assert any(not torch.equal(a, p) for a, p in zip(heads0, d.heads.parameters()))
@@ -236,7 +240,7 @@ def test_shipped_prior_loads_and_restores():
     assert isinstance(bundle.vae, PixelUnshuffleCodec) and bundle.vae.config.residual
     assert next(bundle.unet.parameters()).dtype == torch.float32
     up = VideoUpscaler(bundle, UpscalerConfig(pretrained=str(root)))
-    lq = tp.load_sample_frames(["carphone"], "heldout")[0][:1, :, :64, :64].float().div(255)
+    lq = pdata.load_sample_frames(["carphone"], "heldout")[0][:1, :, :64, :64].float().div(255)
     small = torch.nn.functional.interpolate(lq, scale_factor=0.25, mode="area")
     hr, _ = up.restore_frame(small, seed=0)
     assert hr.shape == (1, 3, 64, 64) and torch.isfinite(hr).all()

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pipelines.restore.archive import BicubicRestorer
+from pipelines.restore.restorers import BicubicRestorer
 from pipelines.restore.tiling import TileConfig, TiledRestorer, axis_weights, tile_spans
 
 

@@ -6,7 +6,9 @@ import dataclasses
 import pytest
 import torch
 
+from pipelines.train import common as tc
 from pipelines.train import prior as tp
+from pipelines.train import prior_data as pdata
 
 
 CFG = tp.resolve(tp.PriorTrainConfig(init="tiny", steps=40, vae_steps=20, batch_size=4, patch=32, vae_crop=32,
@@ -15,8 +17,8 @@ CFG = tp.resolve(tp.PriorTrainConfig(init="tiny", steps=40, vae_steps=20, batch_
 
 @pytest.fixture(scope="module")
 def source():
-    frames = tp.load_sample_frames(["carphone"], "train")
-    return tp.SampleFramePairs(frames, CFG.patch, CFG.degrade, seed=0)
+    frames = pdata.load_sample_frames(["carphone"], "train")
+    return pdata.SampleFramePairs(frames, CFG.patch, CFG.degrade, seed=0)
 
 
 def fixed_unet_loss(bundle, parts, lq, hq) -> float:
@@ -78,7 +80,9 @@ def test_encoder_is_frozen_in_the_unet_stage(source):
 
 
 def test_export_loads_with_from_pretrained_and_samples(trained, tmp_path):
-    from models.upscaler import UpscalerBundle, UpscalerConfig, VideoUpscaler
+    from models.upscaler.bundle import UpscalerBundle
+    from models.upscaler.config import UpscalerConfig
+    from models.upscaler.video import VideoUpscaler
 
     bundle, parts, data, _ = trained
     out = tp.export_prior(bundle, bundle.unet.state_dict(), bundle.vae.state_dict(), parts.scaling, tmp_path / "p")
@@ -109,16 +113,16 @@ def test_resolve_defaults_and_errors():
         tp.resolve(tp.PriorTrainConfig(max_noise_level=0))
     with pytest.raises(ValueError, match="stage"):
         tp.prior_step({}, None, None, None, "both", CFG)
-    assert tp.lr_multiplier(0.0, 0.0, 0.1) == pytest.approx(1.0)
-    assert tp.lr_multiplier(1.0, 0.0, 0.1) == pytest.approx(0.1)
-    assert tp.lr_multiplier(0.005, 0.02, 0.1) < 0.5
+    assert tc.lr_multiplier(0.0, 0.0, 0.1) == pytest.approx(1.0)
+    assert tc.lr_multiplier(1.0, 0.0, 0.1) == pytest.approx(0.1)
+    assert tc.lr_multiplier(0.005, 0.02, 0.1) < 0.5
 
 
 def test_sample_pairs_are_aligned_and_held_out_frames_are_not_trained_on():
-    train = tp.load_sample_frames(["carphone"], "train")[0]
-    held = tp.load_sample_frames(["carphone"], "heldout")[0]
+    train = pdata.load_sample_frames(["carphone"], "train")[0]
+    held = pdata.load_sample_frames(["carphone"], "heldout")[0]
     assert len(train) + len(held) == 120 and len(held) == 24
-    src = tp.SampleFramePairs([train], 32, "clean", seed=1)
+    src = pdata.SampleFramePairs([train], 32, "clean", seed=1)
     lq, hq = src.batch(3)
     assert lq.shape == (3, 3, 8, 8) and hq.shape == (3, 3, 32, 32)
     # "clean" is the 4x4 box average: the pair is pixel-aligned

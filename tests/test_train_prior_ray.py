@@ -12,7 +12,7 @@ from pipelines.train import prior as tp
 
 @pytest.mark.slow
 def test_two_workers_zero2_both_stages_export(ray_local, training_shards, tmp_path):
-    from models.upscaler import UpscalerBundle
+    from models.upscaler.bundle import UpscalerBundle
 
     out = tmp_path / "prior"
     cfg = tp.PriorTrainConfig(

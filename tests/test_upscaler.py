@@ -7,15 +7,14 @@ import pytest
 
 from models.presets import build_random_bundle, save_tiny_pretrained, upscaler_preset
 from models.temporal import temporal_channels, upscale_flow
-from models.upscaler import TemporalState, UpscalerBundle, VideoUpscaler
+from models.upscaler.bundle import UpscalerBundle
+from models.upscaler.video import TemporalState, VideoUpscaler
 
 
 def tiny_flow_net():
-    """The real tiny DRFA (random weights) once `models.flow` exists, else None (zero flow)."""
-    try:
-        from models.flow import build, flow_preset
-    except ImportError:
-        return None
+    """The real tiny DRFA (random weights)."""
+    from models.flow import build, flow_preset
+
     torch.manual_seed(0)
     return build(flow_preset("tiny", variant="drfa"))
 

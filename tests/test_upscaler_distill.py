@@ -8,17 +8,15 @@ import torch.nn.functional as F
 from models.discriminator import LatentDiscriminator
 from models.losses import TemporalLPIPS
 from models.presets import build_random_bundle, discriminator_preset, upscaler_preset
-from models.upscaler import VideoUpscaler
+from models.upscaler.video import VideoUpscaler
 from pipelines.train.distill_step import (DistillConfig, DistillModels, discriminator_step,
                                           generator_step, student_fakes)
 
 
 def tiny_flow_net():
-    """The real tiny DRFA (random weights) once `models.flow` exists, else None (zero flow)."""
-    try:
-        from models.flow import build, flow_preset
-    except ImportError:
-        return None
+    """The real tiny DRFA (random weights)."""
+    from models.flow import build, flow_preset
+
     torch.manual_seed(0)
     return build(flow_preset("tiny", variant="drfa"))
 

@@ -42,7 +42,9 @@ def test_tiny_replica_by_hub_id_offline_matches_the_pipeline_with_a_prompt(tmp_p
     out = _run("""
         import torch
         from diffusers import StableDiffusionUpscalePipeline
-        from models.upscaler import SD_X4_REPO, UpscalerBundle, UpscalerConfig, VideoUpscaler
+        from models.upscaler.bundle import UpscalerBundle
+        from models.upscaler.config import SD_X4_REPO, UpscalerConfig
+        from models.upscaler.video import VideoUpscaler
         bundle = UpscalerBundle.from_pretrained(SD_X4_REPO, prompt="a sharp photo", local_files_only=True)
         up = VideoUpscaler(bundle, UpscalerConfig(pretrained=SD_X4_REPO, prompt="a sharp photo"))
         assert up.guided and bundle.vae.config.scaling_factor == 0.08333
@@ -64,7 +66,8 @@ def test_full_size_replica_has_the_real_sizes_and_loads_by_hub_id(tmp_path):
     assert round(counts["unet"], 1) == 473.4 and round(counts["vae"], 1) == 55.3
     assert round(counts["text_encoder"], 1) == 340.4
     out = _run("""
-        from models.upscaler import SD_X4_REPO, UpscalerBundle
+        from models.upscaler.bundle import UpscalerBundle
+        from models.upscaler.config import SD_X4_REPO
         b = UpscalerBundle.from_pretrained(SD_X4_REPO, local_files_only=True)
         print("SHAPES", tuple(b.prompt_embeds.shape), b.unet.config.in_channels, b.vae.config.scaling_factor,
               b.low_res_scheduler.config.beta_schedule)

@@ -28,7 +28,8 @@ LIMIT_BYTES = 4 * 1024 * 1024
 def rounding_error(src: str, dst: str) -> float:
     """Max |difference| of one restored frame (sampler with fixed noise) between the fp32 and
     the shipped fp16-stored prior, in [0, 1] pixel units."""
-    from models.upscaler import UpscalerConfig, VideoUpscaler
+    from models.upscaler.config import UpscalerConfig
+    from models.upscaler.video import VideoUpscaler
 
     lq = torch.rand(1, 3, 24, 24, generator=torch.Generator().manual_seed(0))
     outs = []

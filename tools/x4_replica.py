@@ -112,7 +112,7 @@ def mirror_into_hf_cache(replica: Path, hf_home: Path, repo: str) -> Path:
 
 
 def main(argv=None) -> int:
-    from models.upscaler import SD_X4_REPO
+    from models.upscaler.config import SD_X4_REPO
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", required=True, help="folder for the replica (replaced)")

@@ -198,6 +198,30 @@ def upload_file(local_path: str, url: str) -> None:
     fs.put_file(local_path, path)
 
 
+def upload_tree(local: str, url: str, last: tuple[str, ...] = ()) -> None:
+    """Copy every file under the local folder `local` to `url` (local or S3), keeping relative
+    paths; the files named in `last` (relative paths) go last, so that a folder holding them
+    is complete."""
+    files = sorted(os.path.relpath(os.path.join(root, name), local)
+                   for root, _, names in os.walk(local) for name in names)
+    files.sort(key=lambda rel: rel in last)
+    for rel in files:
+        upload_file(os.path.join(local, rel), join(url, *rel.split(os.sep)))
+
+
+def list_files(root: str) -> dict[str, int]:
+    """{url: size} of every file under `root` (one recursive listing; {} if absent)."""
+    fs, path = filesystem(root)
+    if hasattr(fs, "invalidate_cache"):
+        fs.invalidate_cache()
+    try:
+        found = fs.find(path, detail=True)
+    except FileNotFoundError:
+        return {}
+    return {_url(fs, p, root): int(info.get("size") or 0)
+            for p, info in found.items() if info.get("type", "file") == "file"}
+
+
 def remove(url: str) -> None:
     fs, path = filesystem(url)
     with contextlib.suppress(FileNotFoundError):

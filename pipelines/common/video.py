@@ -19,6 +19,11 @@ import numpy as np
 
 from pipelines.common import storage
 
+# File endings taken as videos (lower case; compare case-insensitively): what shards are built
+# from, what an archive restore picks up and what the report finds. The one list.
+VIDEO_EXTENSIONS = (".mp4", ".mov", ".mkv", ".avi", ".webm", ".m4v", ".mpg", ".mpeg", ".ts", ".y4m", ".wmv",
+                    ".flv")
+
 
 class VideoError(Exception):
     """A video that cannot be read or written; names the file and the reason."""
@@ -297,4 +302,6 @@ def to_float(frames: np.ndarray):
 
 def to_uint8(frames) -> np.ndarray:
     """float torch `(..., 3, H, W)` in [0, 1] -> uint8 numpy `(..., H, W, 3)`."""
-    return frames.detach().clamp(0, 1).mul(255).round().to(dtype=__import__("torch").uint8).movedim(-3, -1).cpu().numpy()
+    import torch
+
+    return frames.detach().clamp(0, 1).mul(255).round().to(dtype=torch.uint8).movedim(-3, -1).cpu().numpy()

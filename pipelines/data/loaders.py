@@ -318,11 +318,12 @@ class ShardStream(torch.utils.data.IterableDataset):
         return frame[:, ::-1] if self.cfg.flip and rng.random() < 0.5 else frame
 
     def _flow_batch(self, samples: list[dict], rng: np.random.Generator) -> FlowBatch:
-        from degrade import FlowPairConfig, degrade_flow_pair, make_flow_pair
+        from degrade import degrade_flow_pair, make_flow_pair
+        from pipelines.data.flow_pairs import pair_config
 
         cfg = self.cfg
         side = cfg.crop * cfg.flow_scale
-        pair_cfg = FlowPairConfig(max_flow=cfg.max_flow * cfg.flow_scale)
+        pair_cfg = pair_config(cfg.max_flow, cfg.flow_scale)
         out: dict[str, list] = {"img1": [], "img2": [], "flow": [], "valid": [], "key": []}
         for sample in samples:
             frame = _to_tensor(self._frame(sample, rng, side))
@@ -361,3 +362,19 @@ def make_flow_loader(shards_url: str, cfg: LoaderConfig, rank: int | None = None
     `img1, img2, flow, valid = batch`, images (B, 3, c, c), flow (B, 2, c, c) in px frame 1 ->
     frame 2, valid (B, c, c) bool; `batch["key"]` the source clip keys."""
     return _loader(shards_url, cfg, "flow", rank, world_size, epoch)
+
+
+def epochs(make_loader, shards_url: str, cfg: LoaderConfig, rank: int, world_size: int, start_epoch: int = 0,
+           what: str = "clips") -> Iterator[tuple[int, Batch]]:
+    """Endless `(epoch, batch)`: `make_loader` (`make_distill_loader` or `make_flow_loader`) for
+    epoch `start_epoch`, then the next, ... (a new shuffle and new degradations each). An epoch
+    that yields nothing raises (`what` names the missing items)."""
+    epoch = start_epoch
+    while True:
+        yielded = 0
+        for batch in make_loader(shards_url, cfg, rank=rank, world_size=world_size, epoch=epoch):
+            yielded += 1
+            yield epoch, batch
+        if yielded == 0:
+            raise RuntimeError(f"no {what} in {shards_url} for rank {rank}/{world_size}")
+        epoch += 1

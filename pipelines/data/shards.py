@@ -32,17 +32,17 @@ import io
 import json
 import os
 import re
-import tarfile
 import time
 
 import cv2
 import numpy as np
 
 from pipelines.common import storage, video
+from pipelines.common.video import VIDEO_EXTENSIONS
 from pipelines.data.shots import DEFAULT_MIN_SHOT_LEN, DEFAULT_THRESHOLD, ShotDetector
+from pipelines.data.tar_shards import TarShard
 
 FORMAT_VERSION = 1
-VIDEO_EXTENSIONS = (".mp4", ".mov", ".mkv", ".avi", ".webm", ".m4v", ".mpg", ".mpeg", ".ts", ".y4m", ".flv")
 
 # Frame encoding, measured on 256x256 crops of bikes.mp4 (cv2, one core, per frame; the
 # machine was shared, so times are +-50%):
@@ -140,27 +140,6 @@ def encode_frame(frame: np.ndarray, cfg: ShardConfig) -> bytes:
     if not ok:
         raise RuntimeError(f"cv2 could not encode a {frame.shape} frame as {ext}")
     return buf.tobytes()
-
-
-class TarShard:
-    """An in-memory tar with deterministic member metadata (same clips -> same bytes)."""
-
-    def __init__(self):
-        self.buffer = io.BytesIO()
-        self.tar = tarfile.open(fileobj=self.buffer, mode="w", format=tarfile.USTAR_FORMAT)  # noqa: SIM115 - closed in close()
-        self.clips = 0
-
-    def add(self, name: str, data: bytes) -> None:
-        info = tarfile.TarInfo(name)
-        info.size, info.mtime, info.mode = len(data), 0, 0o644
-        self.tar.addfile(info, io.BytesIO(data))
-
-    def size(self) -> int:
-        return self.buffer.tell()
-
-    def close(self) -> bytes:
-        self.tar.close()
-        return self.buffer.getvalue()
 
 
 # ---------------------------------------------------------------- 3. one video
@@ -350,12 +329,7 @@ def list_videos(src: str, extensions=VIDEO_EXTENSIONS) -> list[str]:
 
 def _listing(url: str) -> dict[str, int]:
     """{path relative to url: size} of every file under url."""
-    fs, path = storage.filesystem(url)
-    try:
-        found = fs.find(path, detail=True)
-    except FileNotFoundError:
-        return {}
-    return {p[len(path.rstrip("/")) + 1:]: int(i.get("size") or 0) for p, i in found.items()}
+    return {storage.relative_to(u, url): s for u, s in storage.list_files(url).items()}
 
 
 def read_parts(dst: str) -> dict[str, dict]:

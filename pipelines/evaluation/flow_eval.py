@@ -7,19 +7,10 @@ Methods: any number of `models.flow` checkpoints (NAME=PATH, read with `models.f
 plus OpenCV's DIS and Farneback as weight-free baselines, and optionally "zero" (no
 motion: its EPE is the mean ground-truth displacement, the bar for having learned anything).
 
-Pairs, made exactly like DRFA's training pairs (`pipelines/data/loaders.py`, `_flow_batch`):
-a random `crop * flow_scale` px square of a real frame (random horizontal flip) becomes a
-flow pair with `make_flow_pair` (max displacement `max_flow * flow_scale`, foreground
-layers cut from another frame), then both frames are degraded with ONE shared draw of the
-preset at `scale=flow_scale` (`degrade_flow_pair`), so an LQ pair is `crop` px with exact
-flow and validity at that size. Here the frames come from the *held-out* end of each
-video (the last `holdout` fraction of its frames; `frame_split`), never seen in training
-when the trainer uses the complement (benchmarks/flow_ablation.py does).
-
-Determinism: clean pair i is drawn from numpy Generator (seed, i); its degradation under
-preset p from (seed, i, index of p in PRESETS). So every preset degrades the *same* clean
-pairs (the presets differ only in the degradation), and pair i does not depend on how
-many pairs are asked for.
+Pairs: `pipelines.data.flow_pairs.flow_pairs` (the recipe of DRFA's training pairs, see
+there), from the *held-out* end of each video (the last `holdout` fraction of its frames;
+`frame_split`), never seen in training when the trainer uses the complement
+(benchmarks/flow_ablation.py does). Every preset degrades the *same* clean pairs.
 
 Metrics pool all valid pixels of all pairs of a preset (as Sintel/KITTI "all" EPE): EPE =
 mean end-point error, Npx = share of pixels with EPE < N, from `models.flow.flow_metrics`
@@ -38,18 +29,19 @@ import dataclasses
 import json
 import math
 import time
-import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from pipelines.common.tables import markdown_lines
+from pipelines.common.video import to_uint8
+from pipelines.data.flow_pairs import MOTIONS, flow_pairs, load_frames
+
 METRICS = ("epe", "1px", "3px", "5px")
 BASELINES = ("dis", "farneback")           # the default weight-free methods
 REFERENCES = ("zero",)                      # also accepted: "zero" predicts no motion (EPE = mean |GT flow|)
-MOTIONS = ("layers", "translation")
-CODEC_RETRIES = 2                           # replays of a degradation draw whose codec stage raised (see degrade_pair)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,126 +88,9 @@ class FlowEvalConfig:
 
 
 # ---------------------------------------------------------------- frames
-def resolve_video(source: str) -> str:
-    """A sample name ("bikes", "carphone", ...) -> its file; anything else is a path/URL."""
-    from pipelines.common.samples import SAMPLE_VIDEOS, sample_video
-
-    return sample_video(source) if source in SAMPLE_VIDEOS else source
-
-
-def frame_split(n_frames: int, holdout: float) -> tuple[range, range]:
-    """(training frames, held-out frames): the held-out ones are the last round(n*holdout) (>= 1)."""
-    if not 0.0 < holdout < 1.0:
-        raise ValueError(f"holdout must be in (0, 1), got {holdout}")
-    n_hold = max(1, round(n_frames * holdout))
-    if n_hold >= n_frames:
-        raise ValueError(f"a video of {n_frames} frames cannot hold out {n_hold}: need at least 2 frames")
-    return range(n_frames - n_hold), range(n_frames - n_hold, n_frames)
-
-
-def load_frames(sources: Sequence[str], part: str, holdout: float, min_side: int = 0) -> list[tuple[str, np.ndarray]]:
-    """[(source, (T, H, W, 3) uint8)] of each video's `part` ("train" or "heldout") frames."""
-    from pipelines.common.video import VideoError, probe, read_frames
-
-    if part not in ("train", "heldout"):
-        raise ValueError(f"part must be 'train' or 'heldout', got {part!r}")
-    out = []
-    for source in sources:
-        url = resolve_video(source)
-        info = probe(url)
-        if min(info.width, info.height) < min_side:
-            raise VideoError(url, f"frames {info.width}x{info.height} are smaller than the {min_side} px "
-                                  f"square a flow pair is cut from (crop * flow_scale); lower --crop or --flow-scale")
-        train, held = frame_split(info.frames, holdout)
-        frames = train if part == "train" else held
-        out.append((source, read_frames(url, frames.start, len(frames))))
-    return out
 
 
 # ---------------------------------------------------------------- pairs
-def pair_config(max_flow: float, flow_scale: int, motion: str = "layers"):
-    """The FlowPairConfig a pair is made with at crop*flow_scale px (the loader's)."""
-    from degrade import FlowPairConfig
-
-    if motion == "layers":
-        return FlowPairConfig(max_flow=max_flow * flow_scale)
-    if motion == "translation":   # a pure camera shift: no layers, rotation, zoom or perspective
-        return FlowPairConfig(max_flow=max_flow * flow_scale, camera_translation=1.0, camera_rotation=0.0,
-                              camera_zoom=(1.0, 1.0), camera_perspective=0.0, layers=(0, 0))
-    raise ValueError(f"motion must be one of {MOTIONS}, got {motion!r}")
-
-
-def _random_crop(videos: Sequence[tuple[str, np.ndarray]], rng: np.random.Generator, side: int,
-                 flip: bool) -> torch.Tensor:
-    """A random frame of a random video (uniform over all frames), random side x side crop, flip."""
-    sizes = np.array([len(f) for _, f in videos])
-    k = int(rng.integers(sizes.sum()))
-    v = int(np.searchsorted(np.cumsum(sizes), k, side="right"))
-    name, frames = videos[v]
-    frame = frames[k - (sizes[:v].sum() if v else 0)]
-    h, w = frame.shape[:2]
-    if side > h or side > w:
-        raise ValueError(f"{name}: frames {h}x{w} are smaller than the {side} px pair side")
-    y, x = int(rng.integers(0, h - side + 1)), int(rng.integers(0, w - side + 1))
-    crop = frame[y:y + side, x:x + side]
-    if flip and rng.random() < 0.5:
-        crop = crop[:, ::-1]
-    return torch.from_numpy(np.ascontiguousarray(crop)).float().div_(255.0).permute(2, 0, 1)
-
-
-def clean_pair(videos: Sequence[tuple[str, np.ndarray]], index: int, seed: int, crop: int = 64,
-               flow_scale: int = 2, max_flow: float = 24.0, motion: str = "layers", flip: bool = True):
-    """Clean pair `index` at crop*flow_scale px: (img1, img2, flow, valid), from Generator (seed, index).
-    Layers are cut from another random frame (the loader uses the previous sample's)."""
-    rng = np.random.default_rng([seed, index, 0xF10])
-    side = crop * flow_scale
-    frame = _random_crop(videos, rng, side, flip)
-    other = _random_crop(videos, rng, side, flip)
-    from degrade import make_flow_pair
-
-    return make_flow_pair(frame, other, pair_config(max_flow, flow_scale, motion), rng)
-
-
-def degrade_pair(pair, preset_name: str, index: int, seed: int, flow_scale: int = 2):
-    """Degrade a clean pair with one shared draw of `preset_name` at scale flow_scale, from
-    Generator (seed, index, preset number): (img1, img2, flow, valid) at crop px."""
-    import av
-
-    from degrade import PRESETS, degrade_flow_pair, preset
-
-    cfg = preset(preset_name, scale=flow_scale)
-    for attempt in range(CODEC_RETRIES + 1):
-        rng = np.random.default_rng([seed, index, PRESETS.index(preset_name), 0xDE6])
-        try:
-            img1, img2, flow, valid, _ = degrade_flow_pair(*pair, cfg, rng)
-            return img1, img2, flow, valid
-        except av.error.FFmpegError as exc:
-            # Seen once in ~2000 heavy pairs: the codec stage's in-memory mux failed with EINVAL;
-            # the same draw then went through when replayed, so retry the identical draw.
-            if attempt == CODEC_RETRIES:
-                raise
-            warnings.warn(f"degrade_pair: pair {index}, preset {preset_name}: codec stage failed ({exc}); "
-                          f"retrying the same draw", RuntimeWarning, stacklevel=2)
-    raise AssertionError("unreachable")
-
-
-def flow_pairs(videos: Sequence[tuple[str, np.ndarray]], count: int, seed: int, presets: Sequence[str],
-               crop: int = 64, flow_scale: int = 2, max_flow: float = 24.0, motion: str = "layers",
-               start: int = 0, flip: bool = True, progress: Callable[[int], None] | None = None
-               ) -> dict[str, dict[str, torch.Tensor]]:
-    """{preset: {"img1", "img2": (N, 3, c, c), "flow": (N, 2, c, c), "valid": (N, c, c) bool}}
-    for pairs start..start+count-1, every preset degrading the same clean pairs."""
-    if count < 1:
-        raise ValueError(f"flow_pairs: count must be >= 1, got {count}")
-    acc: dict[str, list] = {p: [] for p in presets}
-    for i in range(start, start + count):
-        clean = clean_pair(videos, i, seed, crop, flow_scale, max_flow, motion, flip)
-        for p in presets:
-            acc[p].append(degrade_pair(clean, p, i, seed, flow_scale))
-        if progress is not None:
-            progress(i - start + 1)
-    return {p: {k: torch.stack(v) for k, v in zip(("img1", "img2", "flow", "valid"), zip(*pairs))}
-            for p, pairs in acc.items()}
 
 
 # ---------------------------------------------------------------- methods
@@ -323,13 +198,13 @@ def _fmt(metric: str, value: float) -> str:
 def markdown(rows: Sequence[dict], presets: Sequence[str], notes: Sequence[str] = ()) -> str:
     """Rows = methods, columns = preset x metric; the best value of each column in bold."""
     heads = ["method"] + [f"{p} {'EPE' if m == 'epe' else m + ' %'}" for p in presets for m in METRICS]
-    lines = ["| " + " | ".join(heads) + " |", "|" + "|".join(["---"] + ["---:"] * (len(heads) - 1)) + "|"]
     best = {}
     for p in presets:
         for m in METRICS:
             vals = [r[column(p, m)] for r in rows if not math.isnan(r[column(p, m)])]
             if vals and len(rows) > 1:
                 best[column(p, m)] = min(vals) if m == "epe" else max(vals)
+    body = []
     for r in rows:
         cells = [r["method"]]
         for p in presets:
@@ -337,7 +212,8 @@ def markdown(rows: Sequence[dict], presets: Sequence[str], notes: Sequence[str] 
                 v = r[column(p, m)]
                 text = _fmt(m, v)
                 cells.append(f"**{text}**" if best.get(column(p, m)) == v else text)
-        lines.append("| " + " | ".join(cells) + " |")
+        body.append(cells)
+    lines = markdown_lines(heads, body, ["---"] + ["---:"] * (len(heads) - 1))
     if notes:
         lines += [""] + [f"- {n}" for n in notes]
     return "\n".join(lines) + "\n"
@@ -351,10 +227,6 @@ def _write_csv(path: Path, rows: Sequence[dict], columns: Sequence[str]) -> None
         writer.writerow(columns)
         for r in rows:
             writer.writerow([r.get(c, "") for c in columns])
-
-
-def _u8(img: torch.Tensor) -> np.ndarray:
-    return (img.clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy()
 
 
 def _grey(x: torch.Tensor) -> np.ndarray:
@@ -395,7 +267,7 @@ def write_examples(out: Path, preset: str, pair: dict[str, torch.Tensor], method
     scale = max(float(gt.norm(dim=0)[valid].max()) if valid.any() else float(gt.norm(dim=0).max()), 1e-3)
     gt_img = flow_to_color(gt, max_flow=scale)
     gt_img[~valid.numpy()] = 0                      # invalid ground truth in black
-    tiles = [("img1", "img1", _u8(pair["img1"][0])), ("img2", "img2", _u8(pair["img2"][0])),
+    tiles = [("img1", "img1", to_uint8(pair["img1"][0])), ("img2", "img2", to_uint8(pair["img2"][0])),
              ("GT flow", "gt_flow", gt_img), ("GT valid", "gt_valid", _grey(valid.float()))]
     for m in methods:
         flow, conf = predict(m, pair["img1"], pair["img2"], iters)

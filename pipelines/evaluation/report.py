@@ -38,10 +38,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
+from pipelines.common.tables import markdown_lines
+from pipelines.common.video import VIDEO_EXTENSIONS
 from pipelines.evaluation import report_compare
-from pipelines.evaluation.suite import METRICS, RANDOM_BACKBONE, get_convention, metric_label
+from pipelines.evaluation.conventions import get_convention, metric_label, METRICS, RANDOM_BACKBONE
 
-VIDEO_EXTENSIONS = (".mp4", ".mkv", ".avi", ".mov", ".webm", ".m4v", ".y4m", ".mpg", ".mpeg", ".ts")
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
 
@@ -165,12 +166,8 @@ def markdown_table(rows: Sequence[Mapping], columns: Sequence[str], convention: 
     if about:
         lines += [f"> {about}", ""]
     lines += [f"*{convention_caption(convention)}*", ""]
-    heads = [_header(c, convention) for c in columns]
-    lines.append("| " + " | ".join(h.replace("|", "\\|") for h in heads) + " |")
-    lines.append("|" + "|".join("---" for _ in columns) + "|")
-    for r in rows:
-        cells = [format_value(c, r.get(c, "")).replace("|", "\\|") for c in columns]
-        lines.append("| " + " | ".join(cells) + " |")
+    lines += markdown_lines([_header(c, convention) for c in columns],
+                            [[format_value(c, r.get(c, "")) for c in columns] for r in rows])
     if notes:
         lines += [""] + [f"- {n}" for n in notes]
     return "\n".join(lines) + "\n"

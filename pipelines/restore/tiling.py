@@ -98,7 +98,7 @@ class TiledState:
 
 
 class TiledRestorer:
-    """Wrap a restorer (see `pipelines.restore.archive.Restorer`) so that large frames are tiled.
+    """Wrap a restorer (see `pipelines.restore.restorers.Restorer`) so that large frames are tiled.
 
     Frames that fit in one tile go straight to the wrapped restorer (same state, same
     result). Larger frames: see the module docstring.

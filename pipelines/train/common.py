@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -216,3 +217,47 @@ def run(train_loop: Callable[[dict], None], loop_config: dict, run: TrainRunConf
                              checkpoint_config=CheckpointConfig(num_to_keep=run.keep_checkpoints)),
     )
     return trainer.fit()
+
+
+def lr_multiplier(progress: float, warmup: float, final: float) -> float:
+    """Linear warm-up over `warmup` of the stage, then cosine from 1 to `final`."""
+    p = min(max(progress, 0.0), 1.0)
+    if warmup > 0 and p < warmup:
+        return (p + 1e-3) / warmup
+    q = (p - warmup) / max(1e-8, 1 - warmup)
+    return final + (1 - final) * 0.5 * (1 + math.cos(math.pi * q))
+
+
+def set_lr(optimizer, multiplier: float, frozen: tuple[str, ...] = ()) -> float:
+    """Set every param group to base_lr * multiplier (0 for groups named in `frozen`)."""
+    for group in optimizer.param_groups:
+        group["lr"] = 0.0 if group.get("name") in frozen else group["base_lr"] * multiplier
+    return optimizer.param_groups[-1]["lr"]
+
+
+class PlainEngine:
+    """The part of a DeepSpeed engine that the training steps use (`engine(...)`,
+    `backward(loss)`, `step()`), over a module + torch optimizer (+ an optional lr scheduler
+    stepped after each optimizer step): the one stand-in for tests and single-process
+    benchmarks, no Ray. `grad_clip` 0 = no clipping."""
+
+    def __init__(self, module: torch.nn.Module, optimizer: torch.optim.Optimizer, grad_clip: float = 1.0,
+                 scheduler=None):
+        self.module, self.optimizer, self.grad_clip, self.scheduler = module, optimizer, grad_clip, scheduler
+
+    def __call__(self, *args, **kwargs):
+        return self.module(*args, **kwargs)
+
+    def parameters(self):
+        return self.module.parameters()
+
+    def backward(self, loss: torch.Tensor) -> None:
+        loss.backward()
+
+    def step(self) -> None:
+        if self.grad_clip:
+            torch.nn.utils.clip_grad_norm_(self.module.parameters(), self.grad_clip)
+        self.optimizer.step()
+        if self.scheduler is not None:
+            self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)

@@ -9,7 +9,7 @@ Read top to bottom:
                            discriminator update on the generator step's (detached) samples.
   4. `train_loop_per_worker` - each Ray Train worker: two DeepSpeed engines, resume, the
                            distillation loader for its rank, metrics, checkpoints.
-  5. `export_model` / `load_restorer` - the restorable model folder, and its loader.
+  5. the export: `pipelines.model_folder.save` writes the restorable model folder.
   6. `distill`           - the driver: runs the trainer, copies the final export to --out.
 
 Engines: the student and the discriminator each get a DeepSpeed engine with the same
@@ -46,22 +46,8 @@ latest one (with a larger --steps it trains on). A resumed run starts the next d
 (new shuffle, new degradations) rather than replaying the interrupted one.
 
 Export folder (`--out`; the final checkpoint's `export/`): ONE folder is a complete
-restorable model, read by `load_restorer(path, device)` here and by
-`pipelines.restore.archive.load_restorer` (`jobs/restore.py --model PATH`):
-
-    unet/ vae/ scheduler/ low_res_scheduler/ prompt_embeds.safetensors
-                                   the teacher bundle (`UpscalerBundle.save_pretrained`): the
-                                   frozen prior, bit-identical to --teacher, and its VAE
-    student/                       the trained temporal student (`VideoUpscaler.save_student`
-                                   layout: config.json + diffusion_pytorch_model.safetensors)
-    flow.safetensors, flow.json    the frozen DRFA (`models.flow.save`), bit-identical to --flow
-    discriminator.safetensors      the trained D (to continue training; not used to restore),
-                                   its `DiscriminatorConfig` in the metadata
-    restorer.json                  the `UpscalerConfig` the student was trained with (prompt,
-                                   noise level, student timesteps, temporal encoding, flow
-                                   iterations), the step and the sources
-Intermediate checkpoints' `export/` hold only student/, discriminator.safetensors and
-restorer.json (the frozen parts are written once, at the end).
+restorable model in the layout of `pipelines/model_folder.py` (written by
+`model_folder.save`, read by `model_folder.load` and `jobs/restore.py --model PATH`).
 """
 from __future__ import annotations
 
@@ -72,16 +58,12 @@ import time
 from pathlib import Path
 
 import torch
-from torch import nn
 
+from pipelines import model_folder
 from pipelines.common import storage
+from pipelines.common.devices import parse_dtype
 from pipelines.train import common as tc
 
-EXPORT_FORMAT = "d2vr-restorer/1"
-RESTORER_JSON = "restorer.json"
-FLOW_FILE = "flow.safetensors"
-DISCRIMINATOR_FILE = "discriminator.safetensors"
-STUDENT_DIR = "student"
 BUILTIN_TEACHERS = ("small", "tiny", "sd-x4-random")
 
 
@@ -151,7 +133,7 @@ class DistillTrainConfig(tc.TrainRunConfig):
             discriminator_isolation=self.discriminator_isolation, train_timesteps=tuple(self.train_timesteps))
 
     def upscaler_config(self, pretrained: str | None = None):
-        from models.upscaler import UpscalerConfig
+        from models.upscaler.config import UpscalerConfig
 
         return UpscalerConfig(pretrained=pretrained or self.teacher, prompt=self.prompt,
                               negative_prompt=self.negative_prompt, guidance_scale=self.guidance_scale,
@@ -179,7 +161,7 @@ def check_config(cfg: DistillTrainConfig) -> None:
     if cfg.tlpips_backbone not in ("pretrained", "random") or cfg.tlpips_net not in ("alex", "vgg"):
         raise ValueError(f"--tlpips-backbone must be pretrained|random and --tlpips-net alex|vgg, got "
                          f"{cfg.tlpips_backbone!r}, {cfg.tlpips_net!r}")
-    _dtype(cfg.vae_dtype)
+    parse_dtype(cfg.vae_dtype)
     from degrade import PRESETS, preset
     from degrade.sampling import check_size
 
@@ -219,14 +201,6 @@ def _is_local_path(teacher: str) -> bool:
     return os.path.isabs(teacher) or teacher.startswith(".") or os.path.exists(teacher) or teacher.count("/") != 1
 
 
-def _dtype(name: str) -> torch.dtype:
-    table = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-             "float16": torch.float16, "fp16": torch.float16}
-    if name not in table:
-        raise ValueError(f"dtype must be one of {sorted(table)}, got {name!r}")
-    return table[name]
-
-
 # --------------------------------------------------------------------------- models
 
 
@@ -238,7 +212,7 @@ def build_models(cfg: DistillTrainConfig, device: torch.device | str = "cpu", dt
     from models.discriminator import LatentDiscriminator
     from models.losses import TemporalLPIPS
     from models.presets import discriminator_preset, load_bundle
-    from models.upscaler import VideoUpscaler
+    from models.upscaler.video import VideoUpscaler
     from pipelines.train.distill_step import DistillModels
 
     device = torch.device(device)
@@ -251,7 +225,7 @@ def build_models(cfg: DistillTrainConfig, device: torch.device | str = "cpu", dt
         with storage.local_copy(cfg.flow) as path:
             flow_net = load_flow(path)
     up = VideoUpscaler(bundle, cfg.upscaler_config(), flow_net, device=device, dtype=dtype,
-                       vae_dtype=_dtype(cfg.vae_dtype))
+                       vae_dtype=parse_dtype(cfg.vae_dtype))
     head = cfg.d_head_channels or min(128, int(up.teacher.config.block_out_channels[0]))
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed + 1)
@@ -292,11 +266,9 @@ def distill_step(models, g_engine, d_engine, batch, cfg, generator: torch.Genera
 def plain_engines(models, lr: float, d_lr: float | None = None):
     """(student, discriminator) engines for one process without DeepSpeed (benchmarks, tests):
     torch Adam over each network's trainable parameters, no gradient clipping."""
-    from pipelines.train.prior import PlainEngine
-
     up, disc = models.upscaler, models.discriminator
-    g = PlainEngine(up.student, torch.optim.Adam(up.trainable_parameters(), lr=lr), grad_clip=0.0)
-    d = PlainEngine(disc, torch.optim.Adam(disc.trainable_parameters(), lr=d_lr or lr), grad_clip=0.0)
+    g = tc.PlainEngine(up.student, torch.optim.Adam(up.trainable_parameters(), lr=lr), grad_clip=0.0)
+    d = tc.PlainEngine(disc, torch.optim.Adam(disc.trainable_parameters(), lr=d_lr or lr), grad_clip=0.0)
     return g, d
 
 
@@ -316,128 +288,15 @@ def _mean_over_ranks(metrics: dict[str, float], device: torch.device) -> dict[st
     return dict(zip(keys, (values / dist.get_world_size()).tolist()))
 
 
-# --------------------------------------------------------------------------- export / load
-
-
-def _unwrap(module: nn.Module) -> nn.Module:
-    """The module inside a DeepSpeed engine (or the module itself)."""
-    inner = module._modules.get("module") if isinstance(module, nn.Module) else None
-    return inner if isinstance(inner, nn.Module) and type(module).__name__ == "DeepSpeedEngine" else module
-
-
-def _cpu_weights(module: nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.detach().float().cpu().contiguous() for k, v in module.state_dict().items()}
-
-
-def _frozen_on_cpu_fp32(up) -> bool:
-    parts = [p for m in (up.teacher, up.vae) for p in m.parameters()]
-    return all(p.device.type == "cpu" and p.dtype == torch.float32 for p in parts)
-
-
-def export_model(folder: str | os.PathLike, models, cfg: DistillTrainConfig, *, step: int, complete: bool,
-                 bundle=None, student_weights: dict | None = None, discriminator_weights: dict | None = None
-                 ) -> Path:
-    """Write the export folder (layout: module docstring). `complete=False` writes only the
-    trained parts (student, D, restorer.json). Weights default to the modules' own (fp32, CPU);
-    the training loop passes the engines' gathered weights."""
-    from safetensors.torch import save_file
-
-    from models.upscaler import UpscalerBundle
-
-    out = Path(folder)
-    out.mkdir(parents=True, exist_ok=True)
-    up = models.upscaler
-    student = _unwrap(up.student)
-    disc = _unwrap(models.discriminator)
-
-    # 1. The student, in `save_pretrained` layout (config + safetensors).
-    student_dir = out / STUDENT_DIR
-    student_dir.mkdir(exist_ok=True)
-    student.save_config(str(student_dir))
-    save_file(student_weights if student_weights is not None else _cpu_weights(student),
-              str(student_dir / "diffusion_pytorch_model.safetensors"), metadata={"format": "pt"})
-    # 2. The discriminator (to continue training), its config in the metadata.
-    save_file(discriminator_weights if discriminator_weights is not None else _cpu_weights(disc),
-              str(out / DISCRIMINATOR_FILE),
-              metadata={"format": "pt", "discriminator_config": json.dumps(dataclasses.asdict(disc.cfg))})
-    # 3. The frozen parts, once: the teacher bundle and the DRFA.
-    if complete:
-        if _frozen_on_cpu_fp32(up):          # the very modules that trained the student
-            from diffusers import DDIMScheduler
-
-            scheduler = bundle.scheduler if bundle is not None else DDIMScheduler.from_config(up.scheduler_config)
-            UpscalerBundle(unet=up.teacher, vae=up.vae, scheduler=scheduler, low_res_scheduler=up.low_res_scheduler,
-                           prompt_embeds=up.prompt_embeds.detach().float().cpu(), prompt=cfg.prompt,
-                           negative_prompt_embeds=(up.negative_prompt_embeds.detach().float().cpu()
-                                                   if up.guided else None),
-                           negative_prompt=cfg.negative_prompt
-                           ).save_pretrained(out)
-        else:                                # bf16 / GPU copies: save the fp32 source instead
-            from models.presets import load_bundle
-
-            with storage.local_dir(cfg.teacher) as teacher:
-                load_bundle(teacher, prompt=cfg.prompt, negative_prompt=cfg.negative_prompt,
-                            seed=cfg.model_seed).save_pretrained(out)
-        if up.flow_net is not None:
-            from models.flow import save as save_flow
-
-            save_flow(up.flow_net, out / FLOW_FILE)
-    # 4. What the restorer needs to rebuild the upscaler as trained (written last).
-    ucfg = dataclasses.asdict(up.cfg)
-    ucfg.pop("pretrained")
-    info = {"format": EXPORT_FORMAT, "complete": bool(complete), "step": int(step), "upscaler": ucfg,
-            "discriminator": dataclasses.asdict(disc.cfg), "teacher": cfg.teacher, "flow": cfg.flow,
-            "distill": dataclasses.asdict(cfg.distill_config())}
-    (out / RESTORER_JSON).write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
-    return out
-
-
-def load_restorer(path: str | os.PathLike, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
-                  vae_dtype: torch.dtype | None = None, **overrides):
-    """The `VideoUpscaler` of an export folder (local or s3://), in eval mode, with the
-    student, the DRFA and the upscaler settings it was trained with (`restorer.json`;
-    `overrides` replace single `UpscalerConfig` fields, e.g. flow_iters at inference).
-    Restore with `.restore_clip(lq (T, 3, h, w))` / `.restore_frame(lq, state)`."""
-    from models.upscaler import UpscalerConfig, VideoUpscaler
-
-    with storage.local_dir(str(path)) as local:
-        if not os.path.isdir(os.path.join(local, "unet")):
-            raise ValueError(f"load_restorer: {path} is not a model folder (no unet/ inside)")
-        meta_path = os.path.join(local, RESTORER_JSON)
-        meta = json.loads(Path(meta_path).read_text()) if os.path.isfile(meta_path) else {}
-        fields = dict(meta.get("upscaler", {}))
-        fields.update(overrides)
-        if "student_timesteps" in fields:
-            fields["student_timesteps"] = tuple(fields["student_timesteps"])
-        flow_net = None
-        if os.path.isfile(os.path.join(local, FLOW_FILE)):
-            from models.flow import load as load_flow
-
-            flow_net = load_flow(os.path.join(local, FLOW_FILE))
-        student = os.path.join(local, STUDENT_DIR)
-        up = VideoUpscaler.from_config(UpscalerConfig(pretrained=local, **fields), flow_net,
-                                       student_unet=student if os.path.isdir(student) else None,
-                                       device=device, dtype=dtype, vae_dtype=vae_dtype)
-    return up.eval()
-
-
 # --------------------------------------------------------------------------- the worker
 
 
 def _batches(cfg: DistillTrainConfig, micro_batch: int, scale: int, rank: int, world: int, start_epoch: int):
-    from pipelines.data.loaders import LoaderConfig, make_distill_loader
+    from pipelines.data.loaders import LoaderConfig, epochs, make_distill_loader
 
     lcfg = LoaderConfig(batch_size=micro_batch, num_workers=cfg.loader_workers, seed=cfg.seed, degrade=cfg.degrade,
                         scale=scale, crop=cfg.crop, clip_len=cfg.clip_len)
-    epoch = start_epoch
-    while True:
-        yielded = 0
-        for batch in make_distill_loader(cfg.shards, lcfg, rank=rank, world_size=world, epoch=epoch):
-            yielded += 1
-            yield epoch, batch
-        if yielded == 0:
-            raise RuntimeError(f"no clips in {cfg.shards} for rank {rank}/{world}")
-        epoch += 1
+    return epochs(make_distill_loader, cfg.shards, lcfg, rank, world, start_epoch)
 
 
 def train_loop_per_worker(config: dict) -> None:
@@ -484,7 +343,7 @@ def train_loop_per_worker(config: dict) -> None:
         g_weights = tc.state_dict_for_export(g_engine)   # every rank (a collective under ZeRO-3)
         d_weights = tc.state_dict_for_export(d_engine)
         tc.save_checkpoint(engines, step, metrics, extra_state={"epoch": epoch, "metrics": metrics},
-                           export=lambda folder: export_model(folder, models, cfg, step=step, complete=final,
+                           export=lambda folder: model_folder.save(folder, models, cfg, step=step, complete=final,
                                                               bundle=bundle, student_weights=g_weights,
                                                               discriminator_weights=d_weights))
 
@@ -523,16 +382,6 @@ def train_loop_per_worker(config: dict) -> None:
 # --------------------------------------------------------------------------- the driver
 
 
-def _upload_tree(local: str, url: str) -> None:
-    """Copy every file under `local` to `url` (local or s3://); restorer.json last, so that
-    a folder with it is complete."""
-    files = sorted(os.path.relpath(os.path.join(root, name), local)
-                   for root, _, names in os.walk(local) for name in names)
-    files.sort(key=lambda rel: rel == RESTORER_JSON)
-    for rel in files:
-        storage.upload_file(os.path.join(local, rel), storage.join(url, *rel.split(os.sep)))
-
-
 def distill(cfg: DistillTrainConfig) -> dict:
     """Run the trainer; copy the final export (a complete restorable model) to `cfg.out`.
     Returns a summary and prints it on one line."""
@@ -545,11 +394,11 @@ def distill(cfg: DistillTrainConfig) -> dict:
         raise RuntimeError(f"distillation run {cfg.run_name} reported no checkpoint")
     with result.checkpoint.as_directory() as folder:
         exported = os.path.join(folder, "export")
-        meta = json.loads(Path(exported, RESTORER_JSON).read_text())
+        meta = json.loads(Path(exported, model_folder.RESTORER_JSON).read_text())
         if not meta.get("complete"):
             raise RuntimeError(f"the last checkpoint of {cfg.run_name} (step {meta.get('step')}) "
                                "has no complete export")
-        _upload_tree(exported, cfg.out)
+        storage.upload_tree(exported, cfg.out, last=(model_folder.RESTORER_JSON,))
     m = result.metrics or {}
     summary = {"steps": m.get("step"), "loss": m.get("loss"), "distill": m.get("distill"), "adv_g": m.get("adv_g"),
                "tlpips": m.get("tlpips"), "d_loss": m.get("d_loss"), "resumed_from": m.get("resumed_from"),

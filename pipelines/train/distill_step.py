@@ -53,7 +53,7 @@ from models.discriminator import LatentDiscriminator
 from models.losses import (ADVERSARIAL_FORMS, DISTILL_WEIGHTINGS, LossWeights, TemporalLPIPS,
                            discriminator_adversarial_loss, distillation_loss,
                            generator_adversarial_loss, total_loss)
-from models.upscaler import LowResCondition, TemporalState, VideoUpscaler
+from models.upscaler.video import LowResCondition, TemporalState, VideoUpscaler
 
 
 @dataclasses.dataclass(frozen=True)

@@ -63,19 +63,11 @@ def _export(weights: dict, flow_cfg, folder: str) -> str:
 
 
 def _loader_epochs(cfg: DRFATrainConfig, rank: int, world: int, start_epoch: int):
-    from pipelines.data.loaders import LoaderConfig, make_flow_loader
+    from pipelines.data.loaders import LoaderConfig, epochs, make_flow_loader
 
     lcfg = LoaderConfig(batch_size=cfg.batch_size, num_workers=cfg.loader_workers, seed=cfg.seed,
                         crop=cfg.crop, degrade=cfg.degrade, max_flow=cfg.max_flow)
-    epoch = start_epoch
-    while True:
-        yielded = 0
-        for batch in make_flow_loader(cfg.shards, lcfg, rank=rank, world_size=world, epoch=epoch):
-            yielded += 1
-            yield epoch, batch
-        if yielded == 0:
-            raise RuntimeError(f"no flow pairs in {cfg.shards} for rank {rank}/{world}")
-        epoch += 1
+    return epochs(make_flow_loader, cfg.shards, lcfg, rank, world, start_epoch, what="flow pairs")
 
 
 def train_loop_per_worker(config: dict) -> None:
@@ -147,8 +139,7 @@ def pretrain_drfa(cfg: DRFATrainConfig) -> dict:
         raise RuntimeError(f"DRFA pretraining failed: {result.error}")
     with result.checkpoint.as_directory() as folder:
         exported = os.path.join(folder, "export")
-        for name in ("drfa.safetensors", "drfa.json"):
-            storage.upload_file(os.path.join(exported, name), storage.join(cfg.out, name))
+        storage.upload_tree(exported, cfg.out)
     summary = {"steps": result.metrics.get("step"), "resumed_from": result.metrics.get("resumed_from"),
                "epe": result.metrics.get("epe"),
                "loss": result.metrics.get("loss"), "export": storage.join(cfg.out, "drfa.safetensors"),

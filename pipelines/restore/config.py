@@ -1,0 +1,52 @@
+"""The options of a restoration run (every field is a flag of jobs/restore.py)."""
+from __future__ import annotations
+
+import dataclasses
+
+from pipelines.common.video import VIDEO_EXTENSIONS
+from pipelines.restore.tiling import TileConfig
+
+
+@dataclasses.dataclass(frozen=True)
+class RestoreConfig:
+    src: str = ""                          # input archive: a folder or s3://bucket/prefix
+    dst: str = ""                          # output root: restored videos keep their relative paths
+    model: str = "bicubic"                 # saved upscaler directory (local or s3://), or "bicubic" (baseline)
+    scale: int = 4                         # upscaling factor of the bicubic baseline (a model brings its own)
+    manifest: str = ""                     # manifest parquet; "" = <dst>/manifest.parquet
+    extensions: tuple[str, ...] = VIDEO_EXTENSIONS  # input file extensions (case-insensitive)
+    codec: str = "libx264"                 # output video codec (PyAV / FFmpeg name)
+    crf: int = 18                          # constant rate factor: 18 is visually lossless for x264
+    preset: str = "medium"                 # x264/x265 speed preset
+    pix_fmt: str = ""                      # output pixel format; "" = yuv420p (yuv444p for odd sizes)
+    container: str = ""                    # output extension, e.g. "mp4"; "" = the input's (whose muxer takes its audio)
+    tile: int = 256                        # LR px: frames with a larger side are restored in tiles (0 = never)
+    tile_overlap: int = 32                 # LR px shared by neighbouring tiles
+    tile_margin: int = 4                   # LR px at a shared tile edge with zero blend weight
+    tile_align: int = 8                    # LR px: tile starts are multiples (the x4 UNet downsamples by 8)
+    seed: int = 0                          # noise seed: frame t of a shot uses seed + t (= restore_clip)
+    timesteps: tuple[int, ...] = ()        # student timesteps; () = the model's (the paper's 750/500/250/0)
+    flow_iters: int = 0                    # flow refinement iterations; 0 = the flow net's default
+    shot_threshold: float = -1.0           # shot detector threshold; < 0 = the detector's default
+    min_shot_len: int = -1                 # frames; < 0 = the detector's default
+    ray: bool = True                       # run on Ray Data actors; --no-ray: sequentially in this process
+    ray_address: str = ""                  # "" = the running cluster or a new local Ray
+    concurrency: int = 1                   # restoring actors (one model copy each)
+    num_gpus: float = 0.0                  # GPUs per actor (1 on a GPU cluster)
+    num_cpus: float = 1.0                  # CPUs per actor (also its torch threads)
+    device: str = "auto"                   # "auto" = cuda when the actor has a GPU, else cpu
+    dtype: str = "auto"                    # UNet dtype: auto = bf16 on cuda, fp32 on cpu
+    vae_dtype: str = "float32"             # the x4 VAE overflows in fp16: keep fp32 unless measured
+    retry_failed: bool = False             # also retry inputs that failed as unreadable before
+    max_retries: int = 2                   # retries of a video whose actor died (OOM kill, segfault)
+    force: bool = False                    # restore everything again, even complete outputs
+    profile: bool = False                  # time flow / unet / vae separately (syncs CUDA per section)
+    progress_every_s: float = 10.0         # seconds between progress lines
+    manifest_every_s: float = 60.0         # seconds between manifest checkpoints while running
+
+    def __post_init__(self):
+        if self.scale < 1 or self.concurrency < 1 or self.crf < 0:
+            raise ValueError(f"scale, concurrency must be >= 1 and crf >= 0: {self}")
+
+    def tile_config(self) -> TileConfig:
+        return TileConfig(tile=self.tile, overlap=self.tile_overlap, margin=self.tile_margin, align=self.tile_align)

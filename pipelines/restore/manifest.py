@@ -1,0 +1,104 @@
+"""The manifest of an archive run (parquet, one row per input) and the plan: what to restore,
+what is already complete (a `done` row or the output's `.done` marker) and what to skip.
+"""
+from __future__ import annotations
+
+import io
+import json
+import os
+
+from pipelines.common import storage
+from pipelines.restore.config import RestoreConfig
+from pipelines.restore.stream import DONE_SUFFIX, empty_row, now_utc
+
+MANIFEST_NAME = "manifest.parquet"
+
+
+def manifest_url(cfg: RestoreConfig) -> str:
+    return cfg.manifest or storage.join(cfg.dst, MANIFEST_NAME)
+
+
+def read_manifest(url: str) -> dict[str, dict]:
+    """{source: row} of a manifest; {} when there is none yet."""
+    import pandas as pd
+
+    if not storage.exists(url):
+        return {}
+    frame = pd.read_parquet(io.BytesIO(storage.read_bytes(url)))
+    return {r["source"]: r for r in frame.to_dict("records")}
+
+
+def write_manifest(url: str, rows: dict[str, dict]) -> None:
+    """Atomically write all rows (sorted by source) as parquet."""
+    import pandas as pd
+
+    frame = pd.DataFrame(sorted(rows.values(), key=lambda r: r["source"]))
+    buffer = io.BytesIO()
+    frame.to_parquet(buffer, index=False)
+    storage.write_bytes(url, buffer.getvalue())
+
+
+def normalise(url: str) -> str:
+    return str(url).rstrip("/") if storage.is_remote(url) else os.path.abspath(url)
+
+
+def _output_url(cfg: RestoreConfig, relpath: str) -> str:
+    if cfg.container:
+        relpath = os.path.splitext(relpath)[0] + "." + cfg.container.lstrip(".")
+    return storage.join(normalise(cfg.dst), relpath)
+
+
+def _complete(item: dict, outputs: dict[str, int], row: dict | None) -> dict | None:
+    """The row of an earlier run whose output of `item` is complete, else None."""
+    out, size = item["output"], outputs.get(item["output"])
+    if size is None:
+        return None
+    if row and row.get("status") == "done" and row.get("source_size") == item["source_size"] \
+            and row.get("output_size") == size:
+        return row
+    marker = out + DONE_SUFFIX
+    if marker not in outputs:
+        return None
+    try:
+        info = json.loads(storage.read_text(marker))
+    except (OSError, ValueError):
+        return None
+    if info.get("source_size") != item["source_size"] or info.get("output_size") != size:
+        return None
+    recovered = empty_row(item["source"], out, item["relpath"], item["source_size"], info.get("model", ""))
+    recovered.update({k: v for k, v in info.items() if k in recovered}, status="skipped", finished_at=now_utc())
+    return recovered
+
+
+def plan(cfg: RestoreConfig, previous: dict[str, dict]) -> tuple[list[dict], dict[str, dict]]:
+    """(items to restore, {source: row} of inputs skipped), from two listings and the manifest."""
+    if not cfg.src or not cfg.dst:
+        raise ValueError("--src and --dst are required")
+    src, dst = normalise(cfg.src), normalise(cfg.dst)
+    if src == dst:
+        raise ValueError(f"--dst must differ from --src ({cfg.src})")
+    if not storage.is_remote(src) and not os.path.isdir(src):
+        raise ValueError(f"--src {cfg.src}: no such folder")
+    if dst.startswith("s3://") and not storage.exists("s3://" + dst[len("s3://"):].split("/")[0]):
+        raise ValueError(f"--dst {cfg.dst}: the bucket does not exist")
+    extensions = {e.lower().lstrip(".") for e in cfg.extensions}
+    sources = {u: s for u, s in storage.list_files(src).items()     # outputs inside src are not inputs
+               if u.rsplit(".", 1)[-1].lower() in extensions and not u.startswith(dst + "/")}
+    outputs = storage.list_files(cfg.dst)
+    todo, skipped, seen = [], {}, {}
+    for url, size in sorted(sources.items()):
+        relpath = storage.relative_to(url, src)
+        item = {"source": url, "relpath": relpath, "output": _output_url(cfg, relpath), "source_size": size}
+        if item["output"] in seen:
+            raise ValueError(f"{url} and {seen[item['output']]} would both be restored to {item['output']}")
+        seen[item["output"]] = url
+        row = previous.get(url)
+        done = None if cfg.force else _complete(item, outputs, row)
+        if done is not None:
+            skipped[url] = done
+        elif (row and row.get("status") == "failed" and row.get("error_kind") == "input"
+              and row.get("source_size") == size and not cfg.retry_failed and not cfg.force):
+            skipped[url] = row              # known unreadable and unchanged: keep its failed row
+        else:
+            todo.append(item)
+    return todo, skipped

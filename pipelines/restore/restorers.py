@@ -1,0 +1,142 @@
+"""Restorers: one frame at a time with an explicit recurrent state.
+
+`load_restorer(cfg, device)` gives the restorer `cfg.model` names: `BicubicRestorer` (the
+non-learned baseline) or `DiffusionRestorer` (the few-step student of a model folder,
+`pipelines.model_folder`), wrapped in `TiledRestorer` when frames are restored in tiles.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+import torch
+import torch.nn.functional as F
+
+from pipelines.common.devices import parse_dtype
+from pipelines.restore.config import RestoreConfig
+from pipelines.restore.tiling import TiledRestorer
+
+
+class Restorer(Protocol):
+    """One frame at a time with an explicit recurrent state (None = first frame of a shot).
+
+    `noise_channels`: channels of the LR-sized N(0, 1) tensors one frame consumes, in draw
+    order (the caller draws them, so that tiles can share one whole-frame draw).
+    `state_from(lq, hr)`: the state that a frame and its restoration leave (for tiles).
+    """
+
+    scale: int
+    noise_channels: tuple[int, ...]
+
+    def restore_frame(self, lq: torch.Tensor, state: Any, noise: Sequence[torch.Tensor] | None = None
+                      ) -> tuple[torch.Tensor, Any]: ...
+
+    def state_from(self, lq: torch.Tensor, hr: torch.Tensor) -> Any: ...
+
+
+class BicubicRestorer:
+    """The non-learned baseline: bicubic (or nearest) upscaling, stateless, noise-free."""
+
+    noise_channels: tuple[int, ...] = ()
+
+    def __init__(self, scale: int = 4, mode: str = "bicubic"):
+        if mode not in ("bicubic", "bilinear", "nearest"):
+            raise ValueError(f"mode must be bicubic, bilinear or nearest, got {mode!r}")
+        self.scale, self.mode = int(scale), mode
+
+    def restore_frame(self, lq, state=None, noise=None):
+        kw = {} if self.mode == "nearest" else {"align_corners": False}
+        hr = F.interpolate(lq.float(), scale_factor=self.scale, mode=self.mode, **kw).clamp(0, 1)
+        return hr, None
+
+    def state_from(self, lq, hr):
+        return None
+
+
+class DiffusionRestorer:
+    """`VideoUpscaler.sample_few_step` (the student's sampler) with caller-drawn noise.
+
+    The same draw order as `VideoUpscaler.restore_frame(sampler="student")` (low-res
+    augmentation noise, x_T, one re-noise per later timestep): given the draws of a generator
+    it returns exactly what `restore_frame(generator=...)` returns (tested). Taking the noise
+    as tensors lets a tiled frame use crops of one whole-frame draw.
+    """
+
+    def __init__(self, upscaler, timesteps: Sequence[int] | None = None):
+        self.up = upscaler
+        self.scale = int(upscaler.scale)
+        self.timesteps = tuple(timesteps or upscaler.cfg.student_timesteps)
+        lat = int(upscaler.latent_channels)
+        self.noise_channels = (3,) + (lat,) * len(self.timesteps)
+
+    def randn(self, shape, generator):
+        return self.up.randn(shape, generator)
+
+    def state_from(self, lq, hr):
+        from models.upscaler.video import TemporalState
+
+        return TemporalState(lq=lq.to(self.up.device), hr=hr.to(self.up.device))
+
+    @torch.no_grad()
+    def restore_frame(self, lq, state=None, noise=None):
+        from models.upscaler.video import TemporalState
+
+        up = self.up
+        lq = up.check_lq(lq)
+        b, _, h, w = lq.shape
+        noise = draw_noise(self, b, h, w, None) if noise is None else [n.to(up.device) for n in noise]
+        cond = up.lowres_condition(lq, noise=noise[0])
+        temporal = up.temporal_input(lq, state)
+        x0 = up.sample_few_step(cond, temporal, timesteps=self.timesteps, noise=noise[1:])
+        hr = up.decode(x0, lq=lq)
+        return hr, TemporalState(lq=lq, hr=hr)
+
+    def section_seconds(self) -> dict[str, float]:
+        timer = getattr(self.up, "timer", None)
+        return dict(timer.seconds) if timer is not None else {}
+
+
+def draw_noise(restorer, batch: int, height: int, width: int, generator: torch.Generator | None
+               ) -> list[torch.Tensor]:
+    """The N(0, 1) tensors one (batch, 3, height, width) frame consumes, in draw order."""
+    randn = getattr(restorer, "randn", None) or (lambda shape, g: torch.randn(shape, generator=g))
+    return [randn((batch, c, height, width), generator) for c in restorer.noise_channels]
+
+
+def device_for(cfg: RestoreConfig) -> torch.device:
+    if cfg.device != "auto":
+        return torch.device(cfg.device)
+    return torch.device("cuda" if torch.cuda.is_available() and (cfg.num_gpus > 0 or not cfg.ray) else "cpu")
+
+
+def load_restorer(cfg: RestoreConfig, device: torch.device | str | None = None) -> Restorer:
+    """The restorer named by `cfg.model`, on `device`, wrapped for tiling when cfg.tile > 0.
+
+    A model directory holds the upscaler bundle (`unet/ vae/ scheduler/ low_res_scheduler/
+    prompt_embeds.safetensors`, `UpscalerBundle.save_pretrained`), optionally a trained
+    student UNet in `student/`, the DRFA flow net as `flow.safetensors`, and the settings it was
+    trained with in `restorer.json` (what jobs/distill.py exports).
+    """
+    device = torch.device(device) if device is not None else device_for(cfg)
+    if cfg.model == "bicubic":
+        inner: Restorer = BicubicRestorer(cfg.scale)
+    else:
+        inner = DiffusionRestorer(_load_upscaler(cfg, device), cfg.timesteps or None)
+    return TiledRestorer(inner, cfg.tile_config()) if cfg.tile else inner
+
+
+def _load_upscaler(cfg: RestoreConfig, device: torch.device):
+    """The model folder exported by jobs/distill.py, with the settings it was trained with
+    (its restorer.json); --flow-iters, when given, overrides the flow net's default."""
+    from models.timing import SectionTimer
+    from pipelines import model_folder
+
+    overrides = {"flow_iters": cfg.flow_iters} if cfg.flow_iters else {}
+    try:
+        up = model_folder.load(cfg.model, device, dtype=parse_dtype(cfg.dtype, device),
+                               vae_dtype=parse_dtype(cfg.vae_dtype, device), **overrides)
+    except ValueError as exc:
+        raise ValueError(f"--model {cfg.model}: not an upscaler directory ({exc})") from exc
+    if cfg.profile:
+        up.timer = SectionTimer()
+    return up
