@@ -190,7 +190,7 @@ def main(argv=None) -> int:
     import cv2
 
     from pipelines.data.flow_pairs import flow_pairs, load_frames
-    from pipelines.evaluation.flow_eval import evaluate_flow, FlowEvalConfig
+    from pipelines.evaluation.flow_eval import FlowEvalConfig, evaluate_flow
 
     torch.set_num_threads(args.threads)
     cv2.setNumThreads(1)

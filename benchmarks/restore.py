@@ -31,12 +31,12 @@ import numpy as np
 import torch
 
 from pipelines.common import video
+from pipelines.common.samples import sample_video
 from pipelines.restore.archive import restore_archive
 from pipelines.restore.config import RestoreConfig
 from pipelines.restore.progress import Progress
 from pipelines.restore.restorers import load_restorer
 from pipelines.restore.stream import restore_video
-from pipelines.common.samples import sample_video
 
 STAGES = [("io", "download"), ("decode", "decode"), ("shots", "shot detection"), ("flow", "flow + warp"),
           ("unet", "UNet (4 steps)"), ("vae", "VAE decode"), ("restore_other", "other restore"),

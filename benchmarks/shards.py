@@ -25,9 +25,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import numpy as np
 import torch
 
+from pipelines.common.samples import sample_video
 from pipelines.data import loaders
 from pipelines.data.loaders import LoaderConfig, make_distill_loader, make_flow_loader
-from pipelines.common.samples import sample_video
 from pipelines.data.shards import ShardConfig, build_shards
 
 STAGES = ("download", "decode", "shots", "resize", "encode", "write")

@@ -32,8 +32,8 @@ import time
 import _bootstrap  # noqa: F401  (repo root on sys.path)
 
 from pipelines.common import cli, storage, video
-from pipelines.evaluation.contact_sheet import contact_sheet, png_bytes
 from pipelines.common.samples import sample_video
+from pipelines.evaluation.contact_sheet import contact_sheet, png_bytes
 
 
 @dataclasses.dataclass(frozen=True)

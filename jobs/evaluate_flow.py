@@ -26,7 +26,7 @@ import sys
 import _bootstrap  # noqa: F401  (repo root on sys.path)
 
 from pipelines.common import cli
-from pipelines.evaluation.flow_eval import evaluate_flow, FlowEvalConfig
+from pipelines.evaluation.flow_eval import FlowEvalConfig, evaluate_flow
 
 
 def parse_args(argv=None) -> FlowEvalConfig:

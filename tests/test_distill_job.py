@@ -17,9 +17,9 @@ from safetensors.torch import load_file
 from models.flow import build, flow_preset
 from models.flow import save as save_flow
 from models.presets import save_tiny_pretrained
+from pipelines import model_folder
 from pipelines.data.loaders import LoaderConfig, make_distill_loader
 from pipelines.data.shards import ShardConfig, build_shards
-from pipelines import model_folder
 from pipelines.train.distill import (DistillTrainConfig, build_models, check_config, distill, distill_step,
                                      plain_engines, step_generator)
 from pipelines.train.distill_step import discriminator_step, generator_step
@@ -179,6 +179,7 @@ def assert_matches(trained: dict, emulated: dict, initial: dict, what: str) -> N
     assert moved > 0 and error <= 1e-3 * moved, f"{what}: differs from the emulation by {error} (moved {moved})"
 
 
+@pytest.mark.slow
 def test_two_workers_zero2_killed_once_resume_finish_export_restart(ray_local, assets, tmp_path):
     # rank 0 dies after step 3, before its checkpoint: the group restarts from the step-2 checkpoint
     cfg = small_config(assets, tmp_path, num_workers=2, batch_size=2, steps=3, checkpoint_every=2,

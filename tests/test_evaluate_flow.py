@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from pipelines.data.flow_pairs import flow_pairs, frame_split, load_frames
-from pipelines.evaluation.flow_eval import column, evaluate_flow, FlowEvalConfig, METRICS
+from pipelines.evaluation.flow_eval import METRICS, FlowEvalConfig, column, evaluate_flow
 
 PRESETS = ("clean", "light", "medium", "heavy")
 

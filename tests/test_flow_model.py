@@ -317,8 +317,8 @@ def test_training_step_runs_with_bf16_weights(astronaut, variant):
     """The weights in bf16 (as DeepSpeed's bf16 mode casts them), images bf16, the ground
     truth flow float32: one drfa_step runs, the flows come out float32, the loss is finite
     and close to the fp32 model's, and the weights move."""
-    from pipelines.train.drfa import drfa_step
     from pipelines.train.common import PlainEngine
+    from pipelines.train.drfa import drfa_step
 
     img1, img2, gt = _pairs(astronaut, shifts=[(2.5, -1.5), (-3.0, 2.0)], origins=[(80, 80), (40, 60)])
     torch.manual_seed(0)

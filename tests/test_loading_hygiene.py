@@ -7,10 +7,10 @@ import json
 import pytest
 import torch
 
+from models.presets import build_random_bundle
 from models.upscaler import bundle as B
 from models.upscaler.config import UpscalerConfig
 from models.upscaler.video import VideoUpscaler
-from models.presets import build_random_bundle
 
 
 def test_x4_copy_without_scaling_factor_gets_the_x4_value(tmp_path):

@@ -16,11 +16,11 @@ import torch
 from skimage.color import rgb2ycbcr
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
-from pipelines.evaluation.conventions import metric_label, METRICS, NEEDS_REFERENCE, RANDOM_BACKBONE
-from pipelines.evaluation.pixel_metrics import tecogan_crop
-from pipelines.evaluation.suite import compute_video_metrics, MetricSuite
 from pipelines.evaluation import weights
-from pipelines.evaluation.weights import available_metrics, MissingWeights
+from pipelines.evaluation.conventions import METRICS, NEEDS_REFERENCE, RANDOM_BACKBONE, metric_label
+from pipelines.evaluation.pixel_metrics import tecogan_crop
+from pipelines.evaluation.suite import MetricSuite, compute_video_metrics
+from pipelines.evaluation.weights import MissingWeights, available_metrics
 from tests.media import textured_frames
 
 

@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipelines.evaluation import report as R
 from pipelines.common.video import write_video
+from pipelines.evaluation import report as R
 from tests.media import textured_frames
 
 BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")

@@ -11,12 +11,12 @@ import torch
 import torch.nn.functional as F
 
 from pipelines.common import video
+from pipelines.common.samples import sample_video
 from pipelines.restore.archive import restore_archive
 from pipelines.restore.config import RestoreConfig
 from pipelines.restore.manifest import read_manifest
 from pipelines.restore.restorers import BicubicRestorer, draw_noise, load_restorer
 from pipelines.restore.stream import StreamStats, restore_frames, restore_video
-from pipelines.common.samples import sample_video
 from pipelines.restore.tiling import TileConfig, TiledRestorer, tile_spans
 from tests.media import corrupt_file, shots_video
 

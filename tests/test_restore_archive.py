@@ -15,10 +15,10 @@ import numpy as np
 import pytest
 
 from pipelines.common import storage, video
+from pipelines.common.samples import sample_video
 from pipelines.restore.archive import restore_archive
 from pipelines.restore.config import RestoreConfig
 from pipelines.restore.manifest import read_manifest
-from pipelines.common.samples import sample_video
 from tests.media import corrupt_file, textured_frames
 from tests.test_restore import tiny_model_dir
 
@@ -66,6 +66,7 @@ def model_dir(tmp_path_factory):
     return tiny_model_dir(tmp_path_factory.mktemp("tiny_archive"))
 
 
+@pytest.mark.slow
 def test_archive_on_s3_with_ray_resumes_and_resets_state_at_cuts(s3_bucket, ray_local, model_dir, tmp_path):
     files = build_archive(tmp_path / "archive")
     src, dst = f"{s3_bucket}/archive/v1", f"{s3_bucket}/restored"

@@ -128,6 +128,7 @@ def test_build_on_s3_cuts_manifest_matches_tars_and_failure_recorded(built):
     assert failures.iloc[0]["stage"] == "probe" and "readable" in failures.iloc[0]["error"]
 
 
+@pytest.mark.slow
 def test_rerun_writes_nothing_and_new_videos_only_add_shards(built, tmp_path):
     dst = built["dst"]
     before = versions(dst)
@@ -154,6 +155,7 @@ def test_rerun_writes_nothing_and_new_videos_only_add_shards(built, tmp_path):
         len(manifest) == len(tar_contents(dst)) > len(built["manifest"])
 
 
+@pytest.mark.slow
 def test_crash_then_resume_gives_the_same_clips(built, s3_bucket):
     src, dst = built["src"], f"{s3_bucket}/shards"
     with pytest.raises(Exception, match="fault injection"):

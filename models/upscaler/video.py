@@ -56,8 +56,6 @@ from models.upscaler.bundle import UpscalerBundle
 from models.upscaler.config import SOLVERS, UpscalerConfig
 from models.upscaler.student import make_student, split_conv_in
 
-# --------------------------------------------------------------------------- bundle
-
 
 # --------------------------------------------------------------------------- helpers
 

@@ -87,12 +87,6 @@ class FlowEvalConfig:
             raise ValueError("FlowEvalConfig.frames_from is empty: name at least one video")
 
 
-# ---------------------------------------------------------------- frames
-
-
-# ---------------------------------------------------------------- pairs
-
-
 # ---------------------------------------------------------------- methods
 @dataclasses.dataclass
 class Method:

@@ -41,7 +41,7 @@ from PIL import Image, ImageDraw
 from pipelines.common.tables import markdown_lines
 from pipelines.common.video import VIDEO_EXTENSIONS
 from pipelines.evaluation import report_compare
-from pipelines.evaluation.conventions import get_convention, metric_label, METRICS, RANDOM_BACKBONE
+from pipelines.evaluation.conventions import METRICS, RANDOM_BACKBONE, get_convention, metric_label
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 

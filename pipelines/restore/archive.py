@@ -45,17 +45,6 @@ from pipelines.restore.progress import Progress, ThrottledProgress, printing, pr
 from pipelines.restore.restorers import device_for, load_restorer
 from pipelines.restore.stream import empty_row, now_utc, restore_video
 
-# --------------------------------------------------------------------------- restorers
-
-
-# --------------------------------------------------------------------------- one video
-
-
-# --------------------------------------------------------------------------- progress
-
-
-# --------------------------------------------------------------------------- listing, manifest
-
 
 # --------------------------------------------------------------------------- executors
 

@@ -29,6 +29,7 @@ import time
 from typing import Any, Callable
 
 import torch
+
 from pipelines.common.paths import REPO_ROOT
 
 
