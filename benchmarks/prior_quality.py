@@ -60,6 +60,9 @@ def parse_args(argv=None):
                    help="training noise levels ~ U[0, max) (SD x4: 350; sampled at 20, so a short run focuses)")
     p.add_argument("--high-t-share", type=float, default=tp.PriorTrainConfig.high_t_share,
                    help="share of each batch at t >= 750")
+    p.add_argument("--sampler-share", type=float, default=tp.PriorTrainConfig.sampler_share,
+                   help="share of each batch drawn as the few-step sampler feeds the UNet (-1: auto)")
+    p.add_argument("--steps", type=int, default=0, help="stop after this many UNet steps (0: --minutes decides)")
     p.add_argument("--eval-frames", type=int, default=3, help="held-out frames per video")
     p.add_argument("--eval-crop", type=int, default=256, help="centre crop of the HR frame (px), 0 = whole")
     p.add_argument("--noise-level", type=int, default=20, help="low-res augmentation level at sampling")
@@ -109,7 +112,11 @@ def train(args, cfg: tp.PriorTrainConfig):
     stage, metrics, last_print = ("vae" if "vae" in engines else "unet"), {}, t0
     while True:
         now = time.time() - t0
-        if now >= budget:
+        if args.steps:                       # a step budget: progress counts steps, not seconds
+            if steps["unet"] >= args.steps:
+                break
+            now = budget * steps["unet"] / args.steps
+        elif now >= budget:
             break
         if stage == "vae" and now >= vae_budget:
             hqs = [source.batch(cfg.batch_size)[1] for _ in range(cfg.scale_batches)]
@@ -132,8 +139,8 @@ def train(args, cfg: tp.PriorTrainConfig):
         steps[stage] += 1
         if time.time() - last_print > 60:
             last_print = time.time()
-            shown = " ".join(f"{k} {v:.4f}" for k, v in metrics.items() if k in ("vae_l1", "anchor", "unet_loss"))
-            print(f"[prior_quality] {now / 60:5.1f} min {stage} step {steps[stage]}: {shown}", flush=True)
+            shown = " ".join(f"{k} {v:.4f}" for k, v in metrics.items() if k in ("vae_l1", "anchor", "unet_loss", "sampler_loss"))
+            print(f"[prior_quality] {(time.time() - t0) / 60:5.1f} min {stage} step {steps[stage]}: {shown}", flush=True)
     if stage == "vae" and "vae" in engines:  # a budget too short for the UNet stage still leaves a usable latent scale
         parts.scaling = tp.fit_scaling_factor(bundle.vae, [source.batch(cfg.batch_size)[1]])
     tp.export_prior(bundle, bundle.unet.state_dict(), bundle.vae.state_dict(), parts.scaling, args.out)
@@ -246,7 +253,7 @@ def main(argv=None) -> dict:
         init=args.init, steps=2, vae_steps=1 if args.init == "tiny" else 0, joint_decoder=int(args.init == "tiny"), batch_size=args.batch_size, patch=args.patch,
         vae_crop=args.vae_crop, degrade=args.degrade, lr=args.lr, vae_lr=args.vae_lr,
         anchor_weight=args.anchor_weight, max_noise_level=args.max_noise_level, seed=args.seed,
-        high_t_share=args.high_t_share))
+        high_t_share=args.high_t_share, sampler_share=args.sampler_share))
     stats = None if args.skip_train else train(args, cfg)
     results = evaluate(args)
     report(results, args.videos.split(","), stats, args)

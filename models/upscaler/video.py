@@ -48,14 +48,20 @@ import torch.nn.functional as F
 from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, UNet2DConditionModel
 from diffusers.utils.torch_utils import randn_tensor
 
-from models.pixel_codec import downscale_factor, latent_base, latent_channels, module_dtype
+from models.pixel_codec import (
+    downscale_factor,
+    latent_base,
+    latent_channels,
+    module_dtype,
+)
 from models.presets import load_bundle
 from models.temporal import no_previous, temporal_channels, warp_previous
 from models.timing import SectionTimer
+from models.upscaler import sampling
 from models.upscaler.bundle import UpscalerBundle
 from models.upscaler.config import SOLVERS, UpscalerConfig
+from models.upscaler.sampling import x0_from_output
 from models.upscaler.student import make_student, split_conv_in
-
 
 # --------------------------------------------------------------------------- helpers
 
@@ -313,12 +319,7 @@ class VideoUpscaler(nn.Module):
         """x0 (latent) from one UNet call at timestep t; keeps the graph (grad-enabled student forward)."""
         t = self._timesteps(t, x_t.shape[0])
         out = self.unet_output(which, x_t, t, cond, temporal)
-        a, s = self._coeffs(t, x_t)
-        if self.prediction_type == "v_prediction":
-            return a * x_t - s * out
-        if self.prediction_type == "sample":                 # the small prior predicts x0 itself
-            return out
-        return (x_t - s * out) / a
+        return x0_from_output(self.prediction_type, out, x_t, self.alpha_bar(t).view(-1, 1, 1, 1))
 
     # ---- samplers
 
@@ -340,12 +341,12 @@ class VideoUpscaler(nn.Module):
             noise = [self.randn((b, self.latent_channels, h, w), generator) for _ in ts]
         elif len(noise) != len(ts):
             raise ValueError(f"noise: {len(ts)} tensors needed (one per timestep), got {len(noise)}")
-        x = x0 = noise[0].to(self.device)
-        for i, t in enumerate(ts):
-            x0 = self.predict_x0(unet, x, t, cond, temporal)
-            if i + 1 < len(ts):
-                x = self.add_noise(x0, self._timesteps(ts[i + 1], b), noise[i + 1].to(self.device))
-        return x0
+
+        def predict(x, t, rows):        # every row runs every step here
+            return self.predict_x0(unet, x, t, cond, temporal)
+
+        return sampling.sample_few_step(predict, lambda i, rows: noise[i].to(self.device)[rows], b, ts,
+                                        self.alphas_cumprod)
 
     def make_scheduler(self, solver: str | None = None):
         """A fresh diffusers scheduler (they are stateful) from the checkpoint's config."""

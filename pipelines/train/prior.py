@@ -4,9 +4,10 @@ Read top to bottom:
   1. `PriorTrainConfig` - every option, a CLI flag of `jobs/train_prior.py`.
   2. data (`pipelines.train.prior_data`): `(lq, hq)` frame patches, from WebDataset shards
      or, for tests and benchmarks, from the sample videos held in memory (`samples:` sources).
-  3. objectives (no Ray): `vae_objective` (L1 + small KL + LR anchor) and
-     `diffusion_objective` (the x4 upscaler's: v-prediction, noise-augmented low-res
-     input passed as class label); `prior_step` runs one optimisation step of a stage.
+  3. objectives (`pipelines.train.prior_objectives`, no Ray): `vae_objective` (L1 + small KL
+     + LR anchor) and `diffusion_objective` (the x4 upscaler's: v-prediction, noise-augmented
+     low-res input passed as class label; for the small prior also the few-step sampler's own
+     inputs); `prior_step` runs one optimisation step of a stage.
   4. `train_loop_per_worker` - per Ray Train worker: engines, resume, stages, checkpoints.
   5. `train_prior` - the driver: runs the trainer, copies the export to `cfg.out`.
 
@@ -17,11 +18,6 @@ space and its scaling factor, fitted at that point as `1 / std(latents)`, stay f
 the UNet) and the UNet trains; with `joint_decoder` the decoder keeps training on its
 reconstruction loss during the UNet stage (it is the part that turns latents into pixels:
 on a CPU budget it needs every step it can get).
-
-LR anchor (tiny only, `anchor_weight`). The x4 latent lives at the low-res size; pulling
-latent channels 0..2 towards the 4x4 box average of the frame makes them the low-res image
-the UNet already receives, so the UNet learns a residual (channel 3 and the corrections)
-instead of rediscovering the image, and the sampler has little left to invent there.
 """
 from __future__ import annotations
 
@@ -32,12 +28,17 @@ import os
 import time
 
 import torch
-import torch.nn.functional as F
 
-from models.pixel_codec import module_device, module_dtype
+from models.pixel_codec import module_device
 from pipelines.common import storage
 from pipelines.train import common as tc
 from pipelines.train.prior_data import batches
+from pipelines.train.prior_objectives import (
+    decoder_objective,
+    diffusion_objective,
+    encode_latents,
+    vae_objective,
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,16 +63,33 @@ class PriorTrainConfig(tc.TrainRunConfig):
     final_lr: float = 0.1                # cosine decay to this fraction of the peak at the end of a stage
     grad_clip: float = 1.0               # gradient norm clip (diffusers' examples)
     max_noise_level: int = 350           # low-res augmentation level ~ U[0, max) (SD x4 training: 350)
-    # share of each batch drawn at t in [high_t_from, 999], the rest ~ U[0, 999] (where the few-step
-    # sampler starts from noise; measured on the small prior: 0.5 and 0.8 did not help, hence 0)
+    # share of each batch drawn at t in [high_t_from, 999], the rest ~ U[0, 999] (measured on the
+    # small prior: 0.5 and 0.8 did not help, hence 0; --sampler-share is what helps)
     high_t_share: float = 0.0
     high_t_from: int = 750               # lower end of those timesteps
+    # share of each batch drawn as the few-step sampler feeds the UNet: a step k of
+    # --sampler-timesteps, x_t = pure noise (k = 0) or this UNet's own x0 re-noised (k > 0), loss on
+    # x0; -1: 0.5 for a small (x0-predicting) prior (measured: 4-step x0 sampler -0.17 -> +0.17 dB vs bicubic at
+    # 1,000 steps), else 0
+    sampler_share: float = -1.0
+    sampler_timesteps: tuple[int, ...] = (750, 500, 250, 0)   # the student's schedule (the paper's T_student)
     kl_weight: float = 1e-6              # KL per latent element vs L1 per pixel (LDM's order of magnitude)
     anchor_weight: float = -1.0          # pull latent ch 0..2 to the 4x4 box average; -1: 1 for tiny, else 0
     sample_posterior: bool = False       # VAE recon from a posterior sample; False: its mode (as encode() in use)
     scale_batches: int = 8               # batches to fit the VAE scaling factor 1/std(latents) on
     loader_workers: int = 1              # DataLoader worker processes per Ray worker (shards)
     seed: int = 0                        # model init, noise and data order (rank added)
+
+
+def _predicts_x0(init: str) -> bool:
+    """The small architecture, or a local prior folder whose scheduler predicts x0 (a small prior)."""
+    if init == "small":
+        return True
+    path = os.path.join(init, "scheduler", "scheduler_config.json")
+    if not os.path.isfile(path):
+        return False
+    with open(path) as f:
+        return json.load(f).get("prediction_type") == "sample"
 
 
 def resolve(cfg: PriorTrainConfig) -> PriorTrainConfig:
@@ -90,7 +108,12 @@ def resolve(cfg: PriorTrainConfig) -> PriorTrainConfig:
     if not 0 <= cfg.high_t_share <= 1 or not 0 <= cfg.high_t_from <= 999:
         raise ValueError(f"high_t_share ({cfg.high_t_share}) must be in [0, 1] and high_t_from "
                          f"({cfg.high_t_from}) in [0, 999]")
-    return dataclasses.replace(cfg, vae_steps=vae_steps, joint_decoder=joint, anchor_weight=anchor)
+    share = cfg.sampler_share if cfg.sampler_share >= 0 else (0.5 if _predicts_x0(cfg.init) else 0.0)
+    if share > 1 or not cfg.sampler_timesteps or any(not 0 <= t <= 999 for t in cfg.sampler_timesteps):
+        raise ValueError(f"sampler_share ({cfg.sampler_share}) must be <= 1 and sampler_timesteps "
+                         f"({cfg.sampler_timesteps}) non-empty, each in [0, 999]")
+    return dataclasses.replace(cfg, vae_steps=vae_steps, joint_decoder=joint, anchor_weight=anchor,
+                               sampler_share=share)
 
 
 # --------------------------------------------------------------------------- models
@@ -159,98 +182,6 @@ def plain_engines(bundle, cfg: PriorTrainConfig) -> dict:
     return engines
 
 
-# --------------------------------------------------------------------------- objectives
-
-
-def _random_crop(hq: torch.Tensor, crop: int, scale: int) -> tuple[torch.Tensor, int, int]:
-    H, W = hq.shape[-2:]
-    if not crop or crop >= min(H, W):
-        return hq, 0, 0
-    y = int(torch.randint((H - crop) // scale + 1, (1,))) * scale
-    x = int(torch.randint((W - crop) // scale + 1, (1,))) * scale
-    return hq[..., y:y + crop, x:x + crop], y, x
-
-
-def vae_objective(vae, hq: torch.Tensor, cfg: PriorTrainConfig) -> tuple[torch.Tensor, dict]:
-    """Whole-VAE loss on (B, 3, H, W) in [0, 1]: L1 + kl_weight KL + anchor_weight anchor."""
-    scale = 2 ** (len(vae.config.block_out_channels) - 1)
-    x = _random_crop(hq, cfg.vae_crop, scale)[0] * 2 - 1                # [-1, 1]
-    post = vae.encode(x).latent_dist
-    z = post.sample() if cfg.sample_posterior else post.mode()          # (B, 4, H/s, W/s)
-    rec = vae.decode(z).sample
-    l1 = (rec.float() - x).abs().mean()
-    kl = post.kl().mean() / z[0].numel()                                # per latent element
-    loss = l1 + cfg.kl_weight * kl
-    metrics = {"vae_l1": float(l1.detach()), "kl": float(kl.detach())}
-    if cfg.anchor_weight > 0:
-        anchor = (post.mode()[:, :3].float() - F.avg_pool2d(x, scale)).abs().mean()
-        loss = loss + cfg.anchor_weight * anchor
-        metrics["anchor"] = float(anchor.detach())
-    return loss, metrics
-
-
-def decoder_objective(vae, latents: torch.Tensor, hq: torch.Tensor, scaling: float, crop: int
-                      ) -> tuple[torch.Tensor, dict]:
-    """Decoder-only L1 on (a crop of) frozen-encoder latents (B, 4, h, w) -> hq (B, 3, s h, s w)."""
-    scale = hq.shape[-1] // latents.shape[-1]
-    target, y, x = _random_crop(hq, crop, scale)
-    z = latents[..., y // scale:y // scale + target.shape[-2] // scale,
-                x // scale:x // scale + target.shape[-1] // scale] / scaling
-    rec = vae.decode(z).sample
-    l1 = (rec.float() - (target * 2 - 1)).abs().mean()
-    return l1, {"vae_l1": float(l1.detach())}
-
-
-@torch.no_grad()
-def encode_latents(vae, hq: torch.Tensor, scaling: float, lq: torch.Tensor | None = None) -> torch.Tensor:
-    """(B, 3, H, W) [0, 1] -> (B, 4, H/s, W/s) scaled latents: the posterior mode, as
-    `VideoUpscaler.encode` (the distillation's real latents) takes them; a residual codec's
-    (the small prior's) relative to the bicubic x4 of `lq` (B, 3, H/s, W/s)."""
-    from models.pixel_codec import latent_base
-
-    dtype = module_dtype(vae)
-    z = vae.encode((hq * 2 - 1).to(dtype)).latent_dist.mode().float() * scaling
-    base = latent_base(vae, lq, scaling)
-    return z if base is None else z - base
-
-
-def diffusion_objective(unet, latents: torch.Tensor, lq: torch.Tensor, scheduler, low_res_scheduler,
-                        prompt_embeds: torch.Tensor, max_noise_level: int, high_t_share: float = 0.0,
-                        high_t_from: int = 750) -> tuple[torch.Tensor, dict]:
-    """The x4 upscaler's training loss on scaled latents (B, 4, h, w) and low-res lq (B, 3, h, w).
-    `unet`: the UNet, or an engine wrapping it (the forward then goes through DeepSpeed).
-
-    x_t = sqrt(ab_t) x0 + sqrt(1 - ab_t) eps, t ~ U{0..T-1}; the low-res frame (in [-1, 1]) is
-    noised with the low_res_scheduler at level ~ U{0..max-1}, which is also the class label;
-    the UNet reads [x_t, noised low-res] and is regressed (MSE) on v = sqrt(ab) eps -
-    sqrt(1 - ab) x0 (or on eps for an epsilon-prediction checkpoint, on x0 for a "sample" one).
-    """
-    b, dev = latents.shape[0], latents.device
-    dtype = next(unet.parameters()).dtype
-    eps = torch.randn_like(latents)
-    n_t = scheduler.config.num_train_timesteps
-    t = torch.randint(0, n_t, (b,), device=dev)
-    if high_t_share > 0:                # a share of the batch where the sampler starts from noise
-        high = torch.rand(b, device=dev) < high_t_share
-        t = torch.where(high, torch.randint(high_t_from, n_t, (b,), device=dev), t)
-    x_t = scheduler.add_noise(latents, eps, t)
-    kind = scheduler.config.prediction_type
-    if kind == "v_prediction":
-        target = scheduler.get_velocity(latents, eps, t)
-    elif kind == "sample":              # x0 itself (the small prior: an untrained UNet's 0 is bicubic)
-        target = latents
-    else:
-        target = eps
-    level = torch.randint(0, max_noise_level, (b,), device=dev)
-    image = lq.to(dev, torch.float32) * 2 - 1
-    low_res = low_res_scheduler.add_noise(image, torch.randn_like(image), level)
-    inp = torch.cat([x_t, low_res], dim=1).to(dtype)
-    out = unet(inp, t, encoder_hidden_states=prompt_embeds.to(dev, dtype).expand(b, -1, -1),
-               class_labels=level, return_dict=False)[0]
-    loss = F.mse_loss(out.float(), target)
-    return loss, {"unet_loss": float(loss.detach())}
-
-
 @dataclasses.dataclass
 class PriorParts:
     """What the step needs besides the engines (schedulers are stateless for add_noise)."""
@@ -279,7 +210,8 @@ def prior_step(engines: dict, parts: PriorParts, lq: torch.Tensor, hq: torch.Ten
     vae_module = engines["vae"].module if "vae" in engines else parts.vae
     latents = encode_latents(vae_module, hq, parts.scaling, lq)
     loss, metrics = diffusion_objective(unet, latents, lq, parts.scheduler, parts.low_res_scheduler,
-                                        parts.prompt_embeds, cfg.max_noise_level, cfg.high_t_share, cfg.high_t_from)
+                                        parts.prompt_embeds, cfg.max_noise_level, cfg.high_t_share, cfg.high_t_from,
+                                        cfg.sampler_share, cfg.sampler_timesteps)
     unet.backward(loss)
     unet.step()
     if cfg.joint_decoder and "vae" in engines:
