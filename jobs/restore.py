@@ -22,7 +22,8 @@ from pipelines.restore.config import RestoreConfig
 
 def main(argv=None) -> int:
     cfg = cli.parse(RestoreConfig, argv, description=__doc__)
-    restore_archive(cfg)
+    with cli.usage_errors("restore"):
+        restore_archive(cfg)
     return 0
 
 

@@ -8,16 +8,23 @@ wins if given), parses
 lists take several values and the flag repeats (`--method a=x --method b=y` is the same as
 `--method a=x b=y`; a given flag replaces the default, it does not add to it);
 `Optional[...]` fields accept `none`.
+
+User errors are one line and exit 2, before any work: a config's `__post_init__` raises
+`ValueError("--flag: reason")`, which `parse` prints as `<prog>: error: --flag: reason`; a
+job raises `UsageError` for what only the run can check (a missing --src, a bad --model),
+and `usage_errors()` prints it the same way.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import functools
 import inspect
 import io
 import json
 import re
+import sys
 import tokenize
 import types
 import typing
@@ -137,11 +144,42 @@ def from_namespace(config_cls, namespace: argparse.Namespace, base=None):
     return dataclasses.replace(base, **values) if base is not None else config_cls(**values)
 
 
+class UsageError(ValueError):
+    """A user error (a flag, a path): printed as one line naming it, exit status 2."""
+
+
+def fail(prog: str, error: Exception) -> None:
+    """Print `<prog>: error: <error>` (one line) to stderr and exit 2."""
+    message = " ".join(str(error).split())
+    print(f"{prog}: error: {message}", file=sys.stderr, flush=True)
+    raise SystemExit(2)
+
+
+@contextlib.contextmanager
+def usage_errors(prog: str | None = None):
+    """Turn a `UsageError` raised inside the block into one line on stderr and exit 2."""
+    try:
+        yield
+    except UsageError as exc:
+        fail(prog or _prog(), exc)
+
+
+def _prog() -> str:
+    import os
+
+    return os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else "job"
+
+
 def parse(config_cls, argv=None, description: str | None = None, defaults=None):
+    """The config from `argv` (default sys.argv); a bad flag value exits 2 with one line."""
     parser = argparse.ArgumentParser(description=description or (config_cls.__doc__ or "").strip(),
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     add_arguments(parser, config_cls, defaults)
-    return from_namespace(config_cls, parser.parse_args(argv), defaults)
+    namespace = parser.parse_args(argv)
+    try:
+        return from_namespace(config_cls, namespace, defaults)
+    except ValueError as exc:         # __post_init__: "--flag: reason"
+        fail(parser.prog, exc)
 
 
 def to_dict(config) -> dict:

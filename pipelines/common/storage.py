@@ -222,6 +222,63 @@ def list_files(root: str) -> dict[str, int]:
             for p, info in found.items() if info.get("type", "file") == "file"}
 
 
+def _special_reason(path: str) -> str:
+    """Why a listed local entry that is not a regular file cannot be read as one."""
+    import errno
+    import stat
+
+    link = os.path.islink(path)
+    try:
+        mode = os.stat(path).st_mode           # follows a symlink
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return "symlink loop"
+        if link and exc.errno == errno.ENOENT:
+            return f"dangling symlink (its target {os.readlink(path)} does not exist)"
+        return f"unreadable entry ({exc.__class__.__name__}: {exc.strerror})"
+    kind = ("FIFO" if stat.S_ISFIFO(mode) else "socket" if stat.S_ISSOCK(mode)
+            else "device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "folder" if stat.S_ISDIR(mode)
+            else "special file")
+    return f"not a regular file ({'a symlink to a ' + kind if link else kind})"
+
+
+def list_inputs(root: str) -> tuple[dict[str, int], dict[str, str]]:
+    """What a job reads under `root`: ({url: size} of the files, a symlink to a file counting as
+    that file; {url: reason} of every other entry: a dangling or looping symlink, a FIFO, a
+    socket, a device). Both {} if `root` is absent. On S3 every object is a file."""
+    fs, path = filesystem(root)
+    if is_remote(root):
+        return list_files(root), {}
+    try:
+        found = fs.find(path, detail=True)
+    except FileNotFoundError:
+        return {}, {}
+    files, bad = {}, {}
+    for p, info in found.items():
+        if info.get("type") == "file":
+            files[p] = int(info.get("size") or 0)
+        elif os.path.isfile(p):               # a symlink to a regular file: follow it
+            files[p] = os.path.getsize(p)
+        else:
+            bad[p] = _special_reason(p)
+    return files, bad
+
+
+def unsafe_relpath(relpath: str) -> str:
+    """Why `relpath` (an input's path under its --src, e.g. an S3 key's tail) cannot name an
+    output under --dst: "" when it is safe; else the reason (a '..' or empty segment, or an
+    absolute path, would resolve outside --dst or onto another name)."""
+    rel = str(relpath).replace(os.sep, "/")
+    parts = rel.split("/")
+    if rel.startswith("/"):
+        return f"absolute path {relpath!r}"
+    if ".." in parts:
+        return f"path {relpath!r} has a '..' segment: its output would lie outside --dst"
+    if "" in parts or "." in parts:
+        return f"path {relpath!r} has an empty or '.' segment"
+    return ""
+
+
 def remove(url: str) -> None:
     fs, path = filesystem(url)
     with contextlib.suppress(FileNotFoundError):

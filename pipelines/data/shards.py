@@ -38,6 +38,7 @@ import cv2
 import numpy as np
 
 from pipelines.common import storage, video
+from pipelines.common.cli import UsageError
 from pipelines.common.video import VIDEO_EXTENSIONS
 from pipelines.data.shots import DEFAULT_MIN_SHOT_LEN, DEFAULT_THRESHOLD, ShotDetector
 from pipelines.data.tar_shards import TarShard
@@ -316,15 +317,24 @@ def process_video(item: dict, cfg: ShardConfig) -> dict:
 
 # ---------------------------------------------------------------- 4. the driver
 def list_videos(src: str, extensions=VIDEO_EXTENSIONS) -> list[str]:
-    """Sorted video URLs under `src` (recursive), or `[src]` when it is one file."""
+    """Sorted video URLs under `src` (recursive; a symlink to a file counts as it), or `[src]`
+    when it is one file."""
+    return list_entries(src, extensions)[0]
+
+
+def list_entries(src: str, extensions=VIDEO_EXTENSIONS) -> tuple[list[str], dict[str, str]]:
+    """(sorted video URLs under `src`, {url: reason} of the entries with a video ending that
+    are not readable files: dangling or looping symlinks, FIFOs, other special files); the
+    same listing as restore's (`storage.list_inputs`)."""
     fs, path = storage.filesystem(src)
     if fs.isfile(path):
-        return [src]
+        return [src], {}
     if not fs.exists(path):
-        raise FileNotFoundError(f"--src {src}: no such folder or prefix")
+        raise UsageError(f"--src {src}: no such folder or prefix")
     ends = tuple(e.lower() for e in extensions)
-    found = [p for p in fs.find(path) if p.lower().endswith(ends)]
-    return sorted(f"s3://{p}" if src.startswith("s3://") else p for p in found)
+    files, others = storage.list_inputs(src)
+    return sorted(u for u in files if u.lower().endswith(ends)), \
+        {u: r for u, r in sorted(others.items()) if u.lower().endswith(ends)}
 
 
 def _listing(url: str) -> dict[str, int]:
@@ -415,7 +425,7 @@ def build_shards(cfg: ShardConfig) -> dict:
     _check_settings(cfg)
 
     # 1. What is there, what is done (a part whose shards all exist at their recorded sizes).
-    urls = list_videos(cfg.src, cfg.extensions)
+    urls, unreadable = list_entries(cfg.src, cfg.extensions)
     base = cfg.src if len(urls) != 1 or urls[0] != cfg.src else os.path.dirname(cfg.src)
     shards_now = {f"shards/{n}": s for n, s in _listing(storage.join(cfg.dst, "shards")).items()}
     parts = read_parts(cfg.dst)
@@ -433,10 +443,15 @@ def build_shards(cfg: ShardConfig) -> dict:
     if cfg.max_videos >= 0:
         items = items[:cfg.max_videos]
     print(f"[build_shards] {len(urls)} videos under {cfg.src}: {skipped} done before, {len(items)} to process, "
-          f"{len(urls) - skipped - len(items)} left for a later run -> {cfg.dst}", flush=True)
+          f"{len(urls) - skipped - len(items)} left for a later run, {len(unreadable)} not readable files "
+          f"-> {cfg.dst}", flush=True)
+    for url, reason in unreadable.items():
+        print(f"[build_shards] {storage.relative_to(url, base)}: FAILED at list: {reason}", flush=True)
 
     # 2. Process (Ray Data), a line per finished video.
-    results: list[dict] = []
+    results: list[dict] = [_result({"url": u, "relpath": storage.relative_to(u, base),
+                                    "video_key": video_key(storage.relative_to(u, base))},
+                                   "failed", stage="list", error=reason) for u, reason in unreadable.items()]
 
     def on_row(row: dict) -> None:
         results.append(row)
@@ -444,7 +459,7 @@ def build_shards(cfg: ShardConfig) -> dict:
             what = (f"{row['clips']} clips, {row['shots']} shots, {row['shards_written']}/{row['shards']} shards "
                     f"written ({row['bytes_written'] / 1e6:.1f} MB)" if row["status"] == "done"
                     else f"FAILED at {row['stage']}: {row['error'][:200]}")
-            print(f"[build_shards] {len(results)}/{len(items)} {row['relpath']}: {what} in {row['seconds']:.1f} s",
+            print(f"[build_shards] {len(results) - len(unreadable)}/{len(items)} {row['relpath']}: {what} in {row['seconds']:.1f} s",
                   flush=True)
 
     _run(items, cfg, on_row)
@@ -463,7 +478,7 @@ def build_shards(cfg: ShardConfig) -> dict:
     new = [r for r in results if r["status"] == "done"]
     clips_made = sum(r["clips"] for r in new)
     summary = {
-        "videos": len(urls), "videos_processed": len(new), "videos_skipped": skipped,
+        "videos": len(urls) + len(unreadable), "videos_processed": len(new), "videos_skipped": skipped,
         "videos_deferred": len(urls) - skipped - len(items),
         "videos_failed": len(failed), "shots": sum(len(p["video"]["shots"]) for p in parts.values()),
         "clips": len(rows), "shards": sum(len(p["video"]["shards"]) for p in parts.values()),

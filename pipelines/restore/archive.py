@@ -38,6 +38,7 @@ import numpy as np
 import torch
 
 from pipelines.common import storage
+from pipelines.common.cli import UsageError
 from pipelines.common.paths import REPO_ROOT
 from pipelines.restore.config import RestoreConfig
 from pipelines.restore.manifest import manifest_url, plan, read_manifest, write_manifest
@@ -124,7 +125,7 @@ def _run_ray(cfg: RestoreConfig, todo: list[dict], progress_actor) -> Iterator[d
 
 def _check_model(cfg: RestoreConfig) -> None:
     if cfg.model != "bicubic" and not storage.exists(storage.join(cfg.model, "unet", "config.json")):
-        raise ValueError(f"--model {cfg.model}: not an upscaler directory (no unet/config.json); "
+        raise UsageError(f"--model {cfg.model}: not an upscaler directory (no unet/config.json); "
                          "or use --model bicubic")
 
 
@@ -133,12 +134,18 @@ def restore_archive(cfg: RestoreConfig) -> dict:
     t0 = time.time()
     murl = manifest_url(cfg)
     rows = read_manifest(murl)
-    todo, skipped = plan(cfg, rows)
+    todo, skipped, rejected = plan(cfg, rows)
+    if todo:
+        _check_model(cfg)
     recovered = [u for u, r in skipped.items() if rows.get(u) is not r]   # from markers: no row yet
     rows.update(skipped)
-    print(f"[restore] {len(todo) + len(skipped)} videos under {cfg.src}: {len(todo)} to restore, "
-          f"{len(skipped)} skipped (complete, or unreadable and unchanged)", flush=True)
-    done_now: list[dict] = []
+    print(f"[restore] {len(todo) + len(skipped) + len(rejected)} videos under {cfg.src}: {len(todo)} to restore, "
+          f"{len(skipped)} skipped (complete, or unreadable and unchanged), {len(rejected)} not restorable",
+          flush=True)
+    done_now: list[dict] = list(rejected.values())   # a failed row each: special file, bad link, unsafe path
+    for row in done_now:
+        rows[row["source"]] = row
+        _print_row(row)
     try:
         if todo:
             _run(cfg, todo, murl, rows, done_now)
@@ -152,7 +159,6 @@ def restore_archive(cfg: RestoreConfig) -> dict:
 
 def _run(cfg: RestoreConfig, todo: list[dict], murl: str, rows: dict[str, dict], done_now: list[dict]) -> None:
     """Restore `todo` (Ray Data actors or in-process), recording rows as videos finish."""
-    _check_model(cfg)
     actor = None
     if cfg.ray:
         ray = _ensure_ray(cfg)

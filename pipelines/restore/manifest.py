@@ -8,6 +8,7 @@ import json
 import os
 
 from pipelines.common import storage
+from pipelines.common.cli import UsageError
 from pipelines.restore.config import RestoreConfig
 from pipelines.restore.stream import DONE_SUFFIX, empty_row, now_utc
 
@@ -43,6 +44,9 @@ def normalise(url: str) -> str:
 
 
 def _output_url(cfg: RestoreConfig, relpath: str) -> str:
+    reason = storage.unsafe_relpath(relpath)
+    if reason:                          # plan() rejects these first; never write outside --dst
+        raise ValueError(f"no output for {relpath!r}: {reason}")
     if cfg.container:
         relpath = os.path.splitext(relpath)[0] + "." + cfg.container.lstrip(".")
     return storage.join(normalise(cfg.dst), relpath)
@@ -70,27 +74,45 @@ def _complete(item: dict, outputs: dict[str, int], row: dict | None) -> dict | N
     return recovered
 
 
-def plan(cfg: RestoreConfig, previous: dict[str, dict]) -> tuple[list[dict], dict[str, dict]]:
-    """(items to restore, {source: row} of inputs skipped), from two listings and the manifest."""
+def _rejected(url: str, relpath: str, size: int, reason: str, model: str) -> dict:
+    row = empty_row(url, "", relpath, size, model)
+    row.update(error=reason, error_kind="input", finished_at=now_utc(), worker="")
+    return row
+
+
+def plan(cfg: RestoreConfig, previous: dict[str, dict]) -> tuple[list[dict], dict[str, dict], dict[str, dict]]:
+    """(items to restore, {source: row} of inputs skipped, {source: failed row} of inputs that
+    cannot be restored: a dangling or looping symlink, a FIFO or other special file, a path
+    that would put its output outside --dst), from two listings and the manifest."""
     if not cfg.src or not cfg.dst:
-        raise ValueError("--src and --dst are required")
+        raise UsageError("--src and --dst are required")
     src, dst = normalise(cfg.src), normalise(cfg.dst)
     if src == dst:
-        raise ValueError(f"--dst must differ from --src ({cfg.src})")
+        raise UsageError(f"--dst must differ from --src ({cfg.src})")
     if not storage.is_remote(src) and not os.path.isdir(src):
-        raise ValueError(f"--src {cfg.src}: no such folder")
+        raise UsageError(f"--src {cfg.src}: no such folder")
     if dst.startswith("s3://") and not storage.exists("s3://" + dst[len("s3://"):].split("/")[0]):
-        raise ValueError(f"--dst {cfg.dst}: the bucket does not exist")
+        raise UsageError(f"--dst {cfg.dst}: the bucket does not exist")
     extensions = {e.lower().lstrip(".") for e in cfg.extensions}
-    sources = {u: s for u, s in storage.list_files(src).items()     # outputs inside src are not inputs
-               if u.rsplit(".", 1)[-1].lower() in extensions and not u.startswith(dst + "/")}
+
+    def wanted(u: str) -> bool:                                     # outputs inside src are not inputs
+        return u.rsplit(".", 1)[-1].lower() in extensions and not u.startswith(dst + "/")
+
+    files, others = storage.list_inputs(src)
+    sources = {u: s for u, s in files.items() if wanted(u)}
+    rejected = {u: _rejected(u, storage.relative_to(u, src), -1, reason, cfg.model)
+                for u, reason in others.items() if wanted(u)}
     outputs = storage.list_files(cfg.dst)
     todo, skipped, seen = [], {}, {}
     for url, size in sorted(sources.items()):
         relpath = storage.relative_to(url, src)
+        unsafe = storage.unsafe_relpath(relpath)
+        if unsafe:
+            rejected[url] = _rejected(url, relpath, size, f"not restored: {unsafe}", cfg.model)
+            continue
         item = {"source": url, "relpath": relpath, "output": _output_url(cfg, relpath), "source_size": size}
         if item["output"] in seen:
-            raise ValueError(f"{url} and {seen[item['output']]} would both be restored to {item['output']}")
+            raise UsageError(f"{url} and {seen[item['output']]} would both be restored to {item['output']}")
         seen[item["output"]] = url
         row = previous.get(url)
         done = None if cfg.force else _complete(item, outputs, row)
@@ -101,4 +123,4 @@ def plan(cfg: RestoreConfig, previous: dict[str, dict]) -> tuple[list[dict], dic
             skipped[url] = row              # known unreadable and unchanged: keep its failed row
         else:
             todo.append(item)
-    return todo, skipped
+    return todo, skipped, rejected

@@ -1,0 +1,91 @@
+"""Bad inputs and bad flags (#17): every input accounted for, nothing outside --dst, one-line errors."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+
+from pipelines.common import storage, video
+from pipelines.data.shards import ShardConfig, build_shards
+from pipelines.restore import manifest
+from pipelines.restore.archive import restore_archive
+from pipelines.restore.config import RestoreConfig
+from pipelines.restore.manifest import read_manifest
+from tests.media import textured_frames
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def odd_folder(root) -> str:
+    """real.mp4, a valid symlink to it, a dangling and a looping symlink, a FIFO."""
+    src = root / "src"
+    src.mkdir()
+    video.write_video(str(src / "real.mp4"), textured_frames(4, 32, 48), fps=25, crf=0, preset="ultrafast")
+    os.symlink("real.mp4", src / "link.mp4")
+    os.symlink("gone.mp4", src / "dangling.mp4")
+    os.symlink("loop.mp4", src / "loop.mp4")
+    os.mkfifo(src / "fifo.mp4")
+    return str(src)
+
+
+WANT = {"dangling.mp4": "dangling symlink", "loop.mp4": "symlink loop", "fifo.mp4": "not a regular file (FIFO)"}
+
+
+def test_restore_follows_links_and_reports_every_other_entry(tmp_path):
+    src, dst = odd_folder(tmp_path), str(tmp_path / "dst")
+    summary = restore_archive(RestoreConfig(src=src, dst=dst, ray=False, tile=0, preset="ultrafast"))
+    rows = {r["relpath"]: r for r in read_manifest(storage.join(dst, "manifest.parquet")).values()}
+    assert set(rows) == {"real.mp4", "link.mp4", *WANT}
+    assert rows["link.mp4"]["status"] == rows["real.mp4"]["status"] == "done"
+    assert video.probe(os.path.join(dst, "link.mp4")).frames == 4
+    for name, reason in WANT.items():
+        assert rows[name]["status"] == "failed" and reason in rows[name]["error"], rows[name]
+    assert (summary["videos"], summary["restored"], summary["failed"]) == (5, 2, 3)
+
+
+def test_build_shards_agrees_with_restore_on_odd_entries(tmp_path):
+    src, dst = odd_folder(tmp_path), str(tmp_path / "shards")
+    summary = build_shards(ShardConfig(src=src, dst=dst, use_ray=False, clip_len=2, stride=2, size=32,
+                                       progress=False))
+    failures = pd.read_parquet(os.path.join(dst, "failures.parquet"))
+    got = dict(zip(failures["relpath"], failures["error"]))
+    assert set(got) == set(WANT)
+    for name, reason in WANT.items():
+        assert reason in got[name], got[name]       # not "empty file" / "file not found"
+    assert (summary["videos"], summary["videos_processed"], summary["videos_failed"]) == (5, 2, 3)
+
+
+def test_restore_never_writes_outside_dst(tmp_path, monkeypatch):
+    """A source key with '..' segments (legal on S3) gets a failed row; nothing is written above --dst."""
+    src = tmp_path / "archive" / "src"
+    src.mkdir(parents=True)
+    video.write_video(str(src / "ok.mp4"), textured_frames(3, 32, 48), fps=25, crf=0, preset="ultrafast")
+    dst = tmp_path / "archive" / "out" / "x"      # its "a/../../../" is tmp_path/archive
+    evil = f"{src}/a/../../../escaped.mp4"        # what an S3 listing can return; no local fs holds it
+    listing = {str(src / "ok.mp4"): os.path.getsize(src / "ok.mp4"), evil: os.path.getsize(src / "ok.mp4")}
+    real_list_files = storage.list_files
+    monkeypatch.setattr(storage, "list_inputs", lambda root: (dict(listing), {}), raising=False)
+    monkeypatch.setattr(storage, "list_files",
+                        lambda root: dict(listing) if str(root) == str(src) else real_list_files(root))
+    os.makedirs(f"{src}/a", exist_ok=True)          # so that the path resolves locally too
+    os.link(src / "ok.mp4", tmp_path / "escaped.mp4")   # ... to a real video
+    before = set(os.listdir(tmp_path)) | set(os.listdir(tmp_path / "archive"))
+    monkeypatch.setattr(storage, "relative_to",   # the S3 flavour: the key's tail, not normalised
+                        lambda url, base: url[len(str(base).rstrip("/")) + 1:])
+    summary = restore_archive(RestoreConfig(src=str(src), dst=str(dst), ray=False, tile=0, preset="ultrafast"))
+    assert set(os.listdir(tmp_path)) | set(os.listdir(tmp_path / "archive")) == before | {"out"}
+    assert [p.name for p in tmp_path.rglob("escaped*")] == ["escaped.mp4"]    # the source only
+    rows = read_manifest(str(dst / "manifest.parquet"))
+    assert rows[evil]["status"] == "failed" and "'..'" in rows[evil]["error"] and "a/../../../escaped.mp4" in rows[evil]["error"]
+    assert (summary["restored"], summary["failed"]) == (1, 1)
+    with pytest.raises(ValueError, match="outside --dst"):
+        manifest._output_url(RestoreConfig(src=str(src), dst=str(dst)), "a/../../x.mp4")
+
+
+def test_unsafe_relpath():
+    assert storage.unsafe_relpath("a/b.mp4") == ""
+    for bad in ("../x.mp4", "a/../../x.mp4", "/etc/x.mp4", "a//b.mp4", "./a.mp4"):
+        assert storage.unsafe_relpath(bad), bad
