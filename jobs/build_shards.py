@@ -13,16 +13,18 @@ import sys
 import _bootstrap  # noqa: F401  (repo root on sys.path)
 
 from pipelines.common import cli
-from pipelines.data.shards import ShardConfig, build_shards
+from pipelines.data.shards import ShardConfig, build_shards, check_paths
 
 
 def main(argv=None) -> int:
     cfg = cli.parse(ShardConfig, argv, description=__doc__)
-    if cfg.use_ray:
-        import ray
+    with cli.usage_errors("build_shards"):
+        check_paths(cfg)                 # before Ray starts and before dst/build.json is written
+        if cfg.use_ray:
+            import ray
 
-        ray.init()   # joins the cluster under `ray job submit` (RAY_ADDRESS), else starts a local one
-    summary = build_shards(cfg)
+            ray.init()   # joins the cluster under `ray job submit` (RAY_ADDRESS), else starts a local one
+        summary = build_shards(cfg)
     print(json.dumps(summary))
     return 0
 

@@ -144,6 +144,12 @@ def from_namespace(config_cls, namespace: argparse.Namespace, base=None):
     return dataclasses.replace(base, **values) if base is not None else config_cls(**values)
 
 
+def require(ok: bool, flag: str, rule: str, value) -> None:
+    """For a config's `__post_init__`: raise `ValueError("--flag: must be <rule>, got <value>")`."""
+    if not ok:
+        raise ValueError(f"{flag}: must be {rule}, got {value!r}")
+
+
 class UsageError(ValueError):
     """A user error (a flag, a path): printed as one line naming it, exit status 2."""
 

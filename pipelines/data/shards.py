@@ -38,7 +38,7 @@ import cv2
 import numpy as np
 
 from pipelines.common import storage, video
-from pipelines.common.cli import UsageError
+from pipelines.common.cli import UsageError, require
 from pipelines.common.video import VIDEO_EXTENSIONS
 from pipelines.data.shots import DEFAULT_MIN_SHOT_LEN, DEFAULT_THRESHOLD, ShotDetector
 from pipelines.data.tar_shards import TarShard
@@ -89,9 +89,16 @@ class ShardConfig:
             raise ValueError(f"--frame-format must be one of {sorted(FRAME_FORMATS)}, got {self.frame_format!r}")
         if self.crop not in ("center", "random"):
             raise ValueError(f"--crop must be center or random, got {self.crop!r}")
-        if self.size < 0 or self.shard_mb <= 0 or self.edge_margin < 0 or not 1 <= self.quality <= 100:
-            raise ValueError(f"bad --size {self.size}, --shard-mb {self.shard_mb}, --edge-margin "
-                             f"{self.edge_margin} or --quality {self.quality}")
+        require(self.size >= 0, "--size", ">= 0", self.size)
+        require(self.short_side >= -1, "--short-side", ">= 0 px, or -1 (= --size)", self.short_side)
+        require(self.shard_mb > 0, "--shard-mb", "> 0", self.shard_mb)
+        require(self.edge_margin >= 0, "--edge-margin", ">= 0", self.edge_margin)
+        require(1 <= self.quality <= 100, "--quality", "in 1..100", self.quality)
+        require(self.threshold >= 0, "--threshold", ">= 0", self.threshold)
+        require(self.min_shot_len >= 0, "--min-shot-len", ">= 0 frames", self.min_shot_len)
+        require(self.max_videos >= -1, "--max-videos", ">= 0, or -1 (all)", self.max_videos)
+        require(self.concurrency == -1 or self.concurrency >= 1, "--concurrency", ">= 1, or -1 (the cluster's CPUs)",
+                self.concurrency)
 
     def resize_to(self) -> int:
         return self.size if self.short_side < 0 else self.short_side
@@ -416,11 +423,28 @@ def _run(items: list[dict], cfg: ShardConfig, on_row) -> None:
         on_row(dict(row))
 
 
+def _normalise(url: str) -> str:
+    return str(url).rstrip("/") if storage.is_remote(url) else os.path.abspath(url)
+
+
+def check_paths(cfg: ShardConfig) -> None:
+    """--src exists and --dst is neither it nor inside it; `UsageError` before anything is created."""
+    if not cfg.src:
+        raise UsageError("--src is required: a folder or s3:// prefix of videos")
+    if not cfg.dst:
+        raise UsageError("--dst is required")
+    fs, path = storage.filesystem(cfg.src)
+    if not fs.exists(path):
+        raise UsageError(f"--src {cfg.src}: no such file, folder or prefix")
+    src, dst = _normalise(cfg.src), _normalise(cfg.dst)
+    if dst == src or dst.startswith(src + "/"):
+        raise UsageError(f"--dst {cfg.dst}: must not be --src {cfg.src} or inside it (its shards would be inputs)")
+
+
 def build_shards(cfg: ShardConfig) -> dict:
     """Build (or complete) the shards of every video under cfg.src; returns the summary."""
     start = time.perf_counter()
-    if not cfg.src:
-        raise ValueError("--src is required: a folder or s3:// prefix of videos")
+    check_paths(cfg)
     storage.makedirs(cfg.dst)
     _check_settings(cfg)
 

@@ -3,8 +3,13 @@ from __future__ import annotations
 
 import dataclasses
 
+from pipelines.common.cli import require
+from pipelines.common.devices import DTYPES
 from pipelines.common.video import VIDEO_EXTENSIONS
 from pipelines.restore.tiling import TileConfig
+
+
+CRF_MAX = {"libx264": 51, "libx265": 51, "h264": 51, "hevc": 51}   # else 63 (libvpx-vp9, libaom-av1)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,8 +50,25 @@ class RestoreConfig:
     manifest_every_s: float = 60.0         # seconds between manifest checkpoints while running
 
     def __post_init__(self):
-        if self.scale < 1 or self.concurrency < 1 or self.crf < 0:
-            raise ValueError(f"scale, concurrency must be >= 1 and crf >= 0: {self}")
+        """Every flag's range, checked before any work: a bad one is `ValueError("--flag: ...")`."""
+        require(self.scale >= 1, "--scale", ">= 1", self.scale)
+        require(self.concurrency >= 1, "--concurrency", ">= 1", self.concurrency)
+        top = CRF_MAX.get(self.codec, 63)
+        require(0 <= self.crf <= top, "--crf", f"in 0..{top} for {self.codec}", self.crf)
+        require(self.num_cpus > 0, "--num-cpus", "> 0", self.num_cpus)
+        require(self.num_gpus >= 0, "--num-gpus", ">= 0", self.num_gpus)
+        require(self.max_retries >= 0, "--max-retries", ">= 0", self.max_retries)
+        require(self.progress_every_s > 0, "--progress-every-s", "> 0 seconds", self.progress_every_s)
+        require(self.manifest_every_s > 0, "--manifest-every-s", "> 0 seconds", self.manifest_every_s)
+        require(self.flow_iters >= 0, "--flow-iters", ">= 0", self.flow_iters)
+        for name in ("dtype", "vae_dtype"):
+            value = getattr(self, name)
+            allowed = ["auto", *sorted(DTYPES)]
+            require(value in allowed, "--" + name.replace("_", "-"), f"one of {', '.join(allowed)}", value)
+        try:
+            self.tile_config()
+        except ValueError as exc:
+            raise ValueError(f"--tile/--tile-overlap/--tile-margin/--tile-align: {exc}") from None
 
     def tile_config(self) -> TileConfig:
         return TileConfig(tile=self.tile, overlap=self.tile_overlap, margin=self.tile_margin, align=self.tile_align)
