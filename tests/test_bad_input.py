@@ -89,3 +89,18 @@ def test_unsafe_relpath():
     assert storage.unsafe_relpath("a/b.mp4") == ""
     for bad in ("../x.mp4", "a/../../x.mp4", "/etc/x.mp4", "a//b.mp4", "./a.mp4"):
         assert storage.unsafe_relpath(bad), bad
+
+
+def test_build_shards_records_videos_shorter_than_clip_len(tmp_path, capsys):
+    src, dst = tmp_path / "src", str(tmp_path / "shards")
+    src.mkdir()
+    video.write_video(str(src / "short.mp4"), textured_frames(4, 32, 48), fps=25, crf=0, preset="ultrafast")
+    video.write_video(str(src / "long.mp4"), textured_frames(10, 32, 48), fps=25, crf=0, preset="ultrafast")
+    cfg = ShardConfig(src=str(src), dst=dst, use_ray=False, clip_len=8, stride=8, size=32)
+    summary = build_shards(cfg)
+    assert summary["clips"] == 1 and summary["videos_without_clips"] == 1, summary
+    (entry,) = summary["no_clips"]
+    assert entry["relpath"] == "short.mp4" and "4 frames" in entry["reason"] and "--clip-len 8" in entry["reason"]
+    assert "short.mp4: 0 clips: 4 frames" in capsys.readouterr().out
+    again = build_shards(cfg)                       # still reported by a re-run that skips it
+    assert again["videos_skipped"] == 2 and again["no_clips"] == summary["no_clips"]

@@ -269,12 +269,20 @@ class _StageError(Exception):
         self.stage, self.error = stage, error
 
 
+def no_clips_reason(cfg: ShardConfig, shots: list) -> str:
+    """Why a decoded video gave no clip (recorded in its part, the summary and its progress line)."""
+    frames = shots[-1][1] if shots else 0
+    longest = max((e - s for s, e in shots), default=0)
+    return (f"0 clips: {frames} frames decoded in {len(shots)} shot(s), the longest {longest} frames; a clip needs "
+            f"--clip-len {cfg.clip_len} frames inside one shot (and --edge-margin {cfg.edge_margin} from its cuts)")
+
+
 def _result(item: dict, status: str, **values) -> dict:
     """One Ray Data output row per video; every column always present with one type."""
     row = {"url": item["url"], "relpath": item["relpath"], "video_key": item["video_key"], "status": status,
            "stage": "", "error": "", "frames": 0, "shots": 0, "clips": 0, "shards": 0, "bytes": 0,
            "shards_written": 0, "bytes_written": 0, "seconds": 0.0, "download_s": 0.0, "decode_s": 0.0,
-           "shots_s": 0.0, "resize_s": 0.0, "encode_s": 0.0, "write_s": 0.0}
+           "shots_s": 0.0, "resize_s": 0.0, "encode_s": 0.0, "write_s": 0.0, "note": ""}
     row.update(values)
     return row
 
@@ -293,16 +301,17 @@ def process_video(item: dict, cfg: ShardConfig) -> dict:
             run = _VideoRun(cfg, item, info, existing)
             shots = run.run(path)
         stage = "write"
+        note = "" if run.rows else no_clips_reason(cfg, shots)
         part = {"version": FORMAT_VERSION, "video": {
             "url": item["url"], "relpath": item["relpath"], "video_key": run.vkey, "frames": info.frames,
             "fps": info.fps, "width": info.width, "height": info.height, "shots": [list(s) for s in shots],
-            "shards": run.shards}, "clips": run.rows}
+            "shards": run.shards, "note": note}, "clips": run.rows}
         storage.write_text(storage.join(cfg.dst, "parts", f"{run.vkey}.json"), json.dumps(part))
         for name in set(existing) - {s["name"] for s in run.shards}:   # left by an older, longer version
             storage.remove(storage.join(cfg.dst, name))
         return _result(item, "done", frames=info.frames, shots=len(shots), clips=len(run.rows),
                        shards=len(run.shards), bytes=sum(s["bytes"] for s in run.shards),
-                       shards_written=len(run.written), bytes_written=run.bytes_written,
+                       shards_written=len(run.written), bytes_written=run.bytes_written, note=note,
                        seconds=time.perf_counter() - start, download_s=download_s,
                        **{f"{k}_s": v for k, v in run.seconds.items()})
     except InjectedFault:
@@ -480,7 +489,8 @@ def build_shards(cfg: ShardConfig) -> dict:
     def on_row(row: dict) -> None:
         results.append(row)
         if cfg.progress:
-            what = (f"{row['clips']} clips, {row['shots']} shots, {row['shards_written']}/{row['shards']} shards "
+            what = (row["note"] if row["status"] == "done" and row["note"] else
+                    f"{row['clips']} clips, {row['shots']} shots, {row['shards_written']}/{row['shards']} shards "
                     f"written ({row['bytes_written'] / 1e6:.1f} MB)" if row["status"] == "done"
                     else f"FAILED at {row['stage']}: {row['error'][:200]}")
             print(f"[build_shards] {len(results) - len(unreadable)}/{len(items)} {row['relpath']}: {what} in {row['seconds']:.1f} s",
@@ -498,6 +508,9 @@ def build_shards(cfg: ShardConfig) -> dict:
     _write_if_changed(storage.join(cfg.dst, "failures.parquet"), _parquet(failures, FAILURE_COLUMNS))
 
     # 4. Summary: totals over the manifest, and what this run did.
+    no_clips = sorted(({"relpath": p["video"]["relpath"],
+                        "reason": p["video"].get("note") or no_clips_reason(cfg, p["video"]["shots"])}
+                       for p in parts.values() if not p["clips"]), key=lambda r: r["relpath"])
     seconds = time.perf_counter() - start
     new = [r for r in results if r["status"] == "done"]
     clips_made = sum(r["clips"] for r in new)
@@ -509,7 +522,9 @@ def build_shards(cfg: ShardConfig) -> dict:
         "bytes": sum(s["bytes"] for p in parts.values() for s in p["video"]["shards"]),
         "clips_written": clips_made, "shards_written": sum(r["shards_written"] for r in new),
         "bytes_written": sum(r["bytes_written"] for r in new), "manifest_written": manifest_changed,
-        "failures": len(failures), "seconds": seconds, "clips_per_s": clips_made / seconds,
+        "failures": len(failures),
+        # videos done without a clip (shorter than --clip-len, or only short shots), over every run
+        "videos_without_clips": len(no_clips), "no_clips": no_clips, "seconds": seconds, "clips_per_s": clips_made / seconds,
         "mb_per_s": sum(r["bytes"] for r in new) / 1e6 / seconds,
         **{f"{k}_s": sum(r[f"{k}_s"] for r in results) for k in ("download", "decode", "shots", "resize", "encode",
                                                                  "write")},
@@ -519,5 +534,6 @@ def build_shards(cfg: ShardConfig) -> dict:
           f"{summary['videos_skipped']} skipped, {summary['videos_failed']} failed), {summary['shots']} shots, "
           f"{summary['clips']} clips, {summary['shards']} shards ({summary['shards_written']} written), "
           f"{summary['bytes'] / 1e6:.1f} MB ({summary['bytes_written'] / 1e6:.1f} MB written), "
-          f"{summary['failures']} failures, {summary['clips_per_s']:.1f} clips/s in {seconds:.1f} s", flush=True)
+          f"{summary['failures']} failures, {summary['videos_without_clips']} videos with 0 clips (see "
+          f"'no_clips'), {summary['clips_per_s']:.1f} clips/s in {seconds:.1f} s", flush=True)
     return summary
