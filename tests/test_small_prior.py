@@ -235,7 +235,7 @@ def test_shipped_prior_loads_and_restores():
     weights = root / "unet" / "diffusion_pytorch_model.safetensors"
     assert weights.stat().st_size <= 4 * 1024 * 1024
     card = (root / "MODEL_CARD.md").read_text()
-    assert "paper_tables.py" in card and "float16" in card
+    assert "benchmarks/prior_quality.py" in card and "float16" in card
     bundle = UpscalerBundle.from_pretrained(root)
     assert isinstance(bundle.vae, PixelUnshuffleCodec) and bundle.vae.config.residual
     assert next(bundle.unet.parameters()).dtype == torch.float32
