@@ -23,7 +23,13 @@ from pipelines.restore.config import RestoreConfig
 def main(argv=None) -> int:
     cfg = cli.parse(RestoreConfig, argv, description=__doc__)
     with cli.usage_errors("restore"):
-        restore_archive(cfg)
+        summary = restore_archive(cfg)
+    tried = [r for r in summary["rows"] if r["output"]]          # not the entries refused at listing
+    not_input = [r for r in tried if r["status"] == "failed" and r["error_kind"] != "input"]
+    if tried and summary["restored"] == 0 and not_input:        # the setup failed, not the archive
+        print(f"restore: error: no video restored; {len(not_input)} failed for a reason that is not their "
+              f"input's (first: {not_input[0]['error'][:300]})", file=sys.stderr, flush=True)
+        return 1
     return 0
 
 

@@ -71,3 +71,32 @@ def test_build_shards_checks_paths_before_ray_and_before_build_json(jobs, capsys
     run_bad(jobs, capsys, tmp_path, "build_shards", ["--src", "src", "--dst", "src/shards"], "--dst")
     run_bad(jobs, capsys, tmp_path, "build_shards", ["--src", "src/", "--dst", str(tmp_path / "src" / "x")], "--dst")
     assert sorted(os.listdir(tmp_path / "src")) == before
+
+
+@pytest.mark.parametrize("argv, flag", [
+    (["--codec", "nosuchcodec"], "--codec"), (["--codec", "aac"], "--codec"),
+    (["--preset", "bogus"], "--preset"), (["--pix-fmt", "rgb24"], "--pix-fmt"),
+    (["--container", "zzz"], "--container"),
+])
+def test_restore_checks_the_encoder_before_any_video(jobs, capsys, tmp_path, argv, flag):
+    (tmp_path / "src").mkdir()
+    run_bad(jobs, capsys, tmp_path, "restore", ["--src", "src", "--dst", "out", *argv], flag)
+
+
+def test_restore_exits_non_zero_when_no_video_could_be_done_for_a_setup_reason(jobs, capsys, tmp_path, monkeypatch):
+    from pipelines.common import video
+    from pipelines.restore import archive
+    from pipelines.restore.stream import empty_row
+    from tests.media import textured_frames
+
+    (tmp_path / "src").mkdir()
+    video.write_video(str(tmp_path / "src" / "a.mp4"), textured_frames(2, 32, 48), fps=25, crf=0, preset="ultrafast")
+
+    def broken(source, output, restorer, cfg, **kw):
+        row = empty_row(source, output, kw.get("relpath", ""), kw.get("source_size", -1), cfg.model)
+        row.update(error="RuntimeError: CUDA error: no kernel image", error_kind="internal")
+        return row
+
+    monkeypatch.setattr(archive, "restore_video", broken)
+    assert jobs["restore"](["--src", "src", "--dst", "out", "--no-ray", "--tile", "0"]) == 1
+    assert "no video restored" in capsys.readouterr().err

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 from collections.abc import Iterator
 
@@ -129,9 +130,61 @@ def _check_model(cfg: RestoreConfig) -> None:
                          "or use --model bicubic")
 
 
+def check_encoder(cfg: RestoreConfig) -> None:
+    """--codec, --pix-fmt, --preset and --container as FFmpeg (PyAV) takes them, checked once
+    before any video is read: a bad one is a `UsageError` naming the flag, not a failed row per video."""
+    import fractions
+    import tempfile
+
+    import av
+
+    try:
+        codec = av.codec.Codec(cfg.codec, "w")
+    except Exception as exc:  # noqa: BLE001 - UnknownCodecError and friends
+        raise UsageError(f"--codec {cfg.codec}: not an encoder of this FFmpeg ({exc.__class__.__name__})") from None
+    if codec.type != "video":
+        raise UsageError(f"--codec {cfg.codec}: not a video encoder (it encodes {codec.type})")
+    formats = [f.name for f in (codec.video_formats or [])]
+    if cfg.pix_fmt and formats and cfg.pix_fmt not in formats:
+        raise UsageError(f"--pix-fmt {cfg.pix_fmt}: {cfg.codec} does not take it (it takes {', '.join(formats)})")
+    ctx = av.CodecContext.create(codec)
+    ctx.width = ctx.height = 64
+    ctx.pix_fmt = cfg.pix_fmt or (formats[0] if formats and "yuv420p" not in formats else "yuv420p")
+    ctx.time_base, ctx.framerate = fractions.Fraction(1, 25), 25
+    x26x = cfg.codec in ("libx264", "libx265")
+    ctx.options = {"preset": cfg.preset, "crf": str(cfg.crf)} if x26x else {}
+    error, said = None, ""
+    with tempfile.TemporaryFile() as log:            # the encoder's own message goes in the one line
+        sys.stderr.flush()
+        saved = os.dup(2)
+        os.dup2(log.fileno(), 2)
+        try:
+            ctx.open()
+        except Exception as exc:  # noqa: BLE001 - FFmpeg's ArgumentError & co.
+            error = exc
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+        log.seek(0)
+        said = " ".join(log.read().decode("utf-8", "replace").split())
+    if error is not None:
+        what = f"--preset {cfg.preset}" if x26x else f"--codec {cfg.codec}"
+        raise UsageError(f"{what}: {cfg.codec} does not open with it ({said or error.__class__.__name__})")
+    if cfg.container:
+        ext = cfg.container.lstrip(".")
+        with tempfile.TemporaryDirectory(prefix="d2vr-check-") as tmp:
+            try:
+                with av.open(os.path.join(tmp, f"probe.{ext}"), "w") as out:
+                    out.add_stream(cfg.codec, rate=25)
+            except Exception as exc:  # noqa: BLE001
+                raise UsageError(f"--container {cfg.container}: no FFmpeg muxer takes .{ext} with --codec "
+                                 f"{cfg.codec} ({exc.__class__.__name__})") from None
+
+
 def restore_archive(cfg: RestoreConfig) -> dict:
     """Restore every video under cfg.src that has no complete output under cfg.dst; see module doc."""
     t0 = time.time()
+    check_encoder(cfg)
     murl = manifest_url(cfg)
     rows = read_manifest(murl)
     todo, skipped, rejected = plan(cfg, rows)
