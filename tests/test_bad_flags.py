@@ -100,3 +100,25 @@ def test_restore_exits_non_zero_when_no_video_could_be_done_for_a_setup_reason(j
     monkeypatch.setattr(archive, "restore_video", broken)
     assert jobs["restore"](["--src", "src", "--dst", "out", "--no-ray", "--tile", "0"]) == 1
     assert "no video restored" in capsys.readouterr().err
+
+
+def test_restore_checks_device_and_timesteps_before_any_video(jobs, capsys, tmp_path):
+    import torch
+
+    (tmp_path / "src").mkdir()
+    base = ["--src", "src", "--dst", "out"]
+    run_bad(jobs, capsys, tmp_path, "restore", [*base, "--device", "nonsense"], "--device")
+    run_bad(jobs, capsys, tmp_path, "restore", [*base, "--device", "cuda", "--num-gpus", "0"], "--device")
+    if not torch.cuda.is_available():
+        run_bad(jobs, capsys, tmp_path, "restore", [*base, "--device", "cuda", "--no-ray"], "--device")
+    model = tmp_path / "model"
+    (model / "unet").mkdir(parents=True)
+    (model / "scheduler").mkdir()
+    (model / "unet" / "config.json").write_text("{}")
+    (model / "scheduler" / "scheduler_config.json").write_text('{"num_train_timesteps": 1000}')
+    from pipelines.common import video
+    from tests.media import textured_frames
+    video.write_video(str(tmp_path / "src" / "a.mp4"), textured_frames(2, 32, 48), fps=25, crf=0, preset="ultrafast")
+    err = run_bad(jobs, capsys, tmp_path, "restore", [*base, "--model", "model", "--timesteps", "1500", "0"],
+                  "--timesteps")
+    assert "0..999" in err

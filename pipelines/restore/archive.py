@@ -125,9 +125,33 @@ def _run_ray(cfg: RestoreConfig, todo: list[dict], progress_actor) -> Iterator[d
 
 
 def _check_model(cfg: RestoreConfig) -> None:
-    if cfg.model != "bicubic" and not storage.exists(storage.join(cfg.model, "unet", "config.json")):
+    """--model is an upscaler folder, and --timesteps lie in its scheduler's range."""
+    if cfg.model == "bicubic":
+        return
+    if not storage.exists(storage.join(cfg.model, "unet", "config.json")):
         raise UsageError(f"--model {cfg.model}: not an upscaler directory (no unet/config.json); "
                          "or use --model bicubic")
+    scheduler = storage.join(cfg.model, "scheduler", "scheduler_config.json")
+    if cfg.timesteps and storage.exists(scheduler):
+        n = int(json.loads(storage.read_text(scheduler)).get("num_train_timesteps", 1000))
+        bad = [t for t in cfg.timesteps if not 0 <= t < n]
+        if bad:
+            raise UsageError(f"--timesteps {' '.join(map(str, cfg.timesteps))}: {bad} outside 0..{n - 1} "
+                             f"(the model's scheduler has {n} steps)")
+
+
+def _check_device(cfg: RestoreConfig) -> None:
+    """--device names a torch device this run can use (with Ray: one its actors get)."""
+    if cfg.device == "auto":
+        return
+    try:
+        device = torch.device(cfg.device)
+    except (RuntimeError, ValueError) as exc:
+        raise UsageError(f"--device {cfg.device}: not a torch device ({exc})") from None
+    if device.type == "cuda" and cfg.ray and cfg.num_gpus <= 0:
+        raise UsageError(f"--device {cfg.device}: the Ray actors get no GPU; add --num-gpus 1")
+    if device.type == "cuda" and not cfg.ray and not torch.cuda.is_available():
+        raise UsageError(f"--device {cfg.device}: no CUDA device here (--no-ray runs in this process)")
 
 
 def check_encoder(cfg: RestoreConfig) -> None:
@@ -185,6 +209,7 @@ def restore_archive(cfg: RestoreConfig) -> dict:
     """Restore every video under cfg.src that has no complete output under cfg.dst; see module doc."""
     t0 = time.time()
     check_encoder(cfg)
+    _check_device(cfg)
     murl = manifest_url(cfg)
     rows = read_manifest(murl)
     todo, skipped, rejected = plan(cfg, rows)
