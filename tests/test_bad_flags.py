@@ -122,3 +122,9 @@ def test_restore_checks_device_and_timesteps_before_any_video(jobs, capsys, tmp_
     err = run_bad(jobs, capsys, tmp_path, "restore", [*base, "--model", "model", "--timesteps", "1500", "0"],
                   "--timesteps")
     assert "0..999" in err
+
+
+def test_build_shards_names_a_looping_src(jobs, capsys, tmp_path):
+    os.symlink("loop.mp4", tmp_path / "loop.mp4")
+    err = run_bad(jobs, capsys, tmp_path, "build_shards", ["--src", "loop.mp4", "--dst", "out"], "--src")
+    assert "symlink loop" in err

@@ -104,3 +104,12 @@ def test_build_shards_records_videos_shorter_than_clip_len(tmp_path, capsys):
     assert "short.mp4: 0 clips: 4 frames" in capsys.readouterr().out
     again = build_shards(cfg)                       # still reported by a re-run that skips it
     assert again["videos_skipped"] == 2 and again["no_clips"] == summary["no_clips"]
+
+
+def test_build_shards_on_one_special_file(tmp_path):
+    src = odd_folder(tmp_path)
+    summary = build_shards(ShardConfig(src=os.path.join(src, "fifo.mp4"), dst=str(tmp_path / "s"), use_ray=False,
+                                       progress=False))
+    failures = pd.read_parquet(tmp_path / "s" / "failures.parquet").to_dict("records")
+    assert summary["videos_failed"] == 1
+    assert [(f["relpath"], f["error"]) for f in failures] == [("fifo.mp4", "not a regular file (FIFO)")]

@@ -443,6 +443,8 @@ def check_paths(cfg: ShardConfig) -> None:
     if not cfg.dst:
         raise UsageError("--dst is required")
     fs, path = storage.filesystem(cfg.src)
+    if not storage.is_remote(cfg.src) and os.path.islink(path) and not os.path.exists(path):
+        raise UsageError(f"--src {cfg.src}: {storage._special_reason(path)}")
     if not fs.exists(path):
         raise UsageError(f"--src {cfg.src}: no such file, folder or prefix")
     src, dst = _normalise(cfg.src), _normalise(cfg.dst)
@@ -459,7 +461,8 @@ def build_shards(cfg: ShardConfig) -> dict:
 
     # 1. What is there, what is done (a part whose shards all exist at their recorded sizes).
     urls, unreadable = list_entries(cfg.src, cfg.extensions)
-    base = cfg.src if len(urls) != 1 or urls[0] != cfg.src else os.path.dirname(cfg.src)
+    one_file = urls == [cfg.src] or (not urls and list(unreadable) == [storage.filesystem(cfg.src)[1]])
+    base = os.path.dirname(cfg.src) if one_file else cfg.src
     shards_now = {f"shards/{n}": s for n, s in _listing(storage.join(cfg.dst, "shards")).items()}
     parts = read_parts(cfg.dst)
     done = {k for k, p in parts.items() if all(shards_now.get(s["name"]) == s["bytes"] for s in p["video"]["shards"])}
