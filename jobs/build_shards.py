@@ -18,7 +18,7 @@ from pipelines.data.shards import ShardConfig, build_shards, check_paths
 
 def main(argv=None) -> int:
     cfg = cli.parse(ShardConfig, argv, description=__doc__)
-    with cli.usage_errors("build_shards"):
+    with cli.usage_errors():
         check_paths(cfg)                 # before Ray starts and before dst/build.json is written
         if cfg.use_ray:
             import ray

@@ -11,6 +11,7 @@ is `pipelines.restore.archive.restore_archive`; this script only parses flags.
 """
 from __future__ import annotations
 
+import os
 import sys
 
 import _bootstrap  # noqa: F401  (repo root on sys.path)
@@ -22,12 +23,12 @@ from pipelines.restore.config import RestoreConfig
 
 def main(argv=None) -> int:
     cfg = cli.parse(RestoreConfig, argv, description=__doc__)
-    with cli.usage_errors("restore"):
+    with cli.usage_errors():
         summary = restore_archive(cfg)
     tried = [r for r in summary["rows"] if r["output"]]          # not the entries refused at listing
     not_input = [r for r in tried if r["status"] == "failed" and r["error_kind"] != "input"]
     if tried and summary["restored"] == 0 and not_input:        # the setup failed, not the archive
-        print(f"restore: error: no video restored; {len(not_input)} failed for a reason that is not their "
+        print(f"{os.path.basename(sys.argv[0])}: error: no video restored; {len(not_input)} failed for a reason that is not their "
               f"input's (first: {not_input[0]['error'][:300]})", file=sys.stderr, flush=True)
         return 1
     return 0
