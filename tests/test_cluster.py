@@ -36,6 +36,15 @@ def test_ray_cluster_yaml_is_valid_for_ray():
         validate_config(prepare_config(broken))
 
 
+def test_dashboard_listens_on_loopback_only():
+    """Anyone who reaches the dashboard / job server can run jobs: the head binds it to
+    127.0.0.1 and the README's `ray dashboard` port-forward reaches it over SSH."""
+    config = yaml.safe_load((ROOT / "ray_cluster.yaml").read_text())
+    head = [c for c in config["head_start_ray_commands"] if "ray start" in c and "--head" in c]
+    assert head and all("--dashboard-host=127.0.0.1" in c and "0.0.0.0" not in c for c in head)
+    assert "ray dashboard ray_cluster.yaml" in (ROOT / "README.md").read_text()
+
+
 def test_cluster_ports_are_distinct():
     # Chosen one socket at a time, two of a cluster's ports once came back equal and
     # `ray start` refused (CI, stop 12). That happened in ~1 of 700 sets of six here, so

@@ -23,12 +23,14 @@ touches old ones; a re-run skips every video whose part exists with all its shar
 their recorded sizes, and an unfinished video is redone from scratch, skipping the upload
 of shards already present at the same size. The manifest is rebuilt from the parts, so it
 lists exactly the clips in the tars the parts name.
+
+`pipelines.data.shard_io` holds the rest of the build's I/O: the source listing, the
+--src/--dst checks, build.json and the parts, the manifest/failure tables.
 """
 from __future__ import annotations
 
 import dataclasses
 import hashlib
-import io
 import json
 import os
 import re
@@ -38,8 +40,19 @@ import cv2
 import numpy as np
 
 from pipelines.common import storage, video
-from pipelines.common.cli import UsageError, require
+from pipelines.common.cli import require
 from pipelines.common.video import VIDEO_EXTENSIONS
+from pipelines.data.shard_io import (
+    FAILURE_COLUMNS,
+    MANIFEST_COLUMNS,
+    _check_settings,
+    _listing,
+    _parquet,
+    _write_if_changed,
+    check_paths,
+    list_entries,
+    read_parts,
+)
 from pipelines.data.shots import DEFAULT_MIN_SHOT_LEN, DEFAULT_THRESHOLD, ShotDetector
 from pipelines.data.tar_shards import TarShard
 
@@ -332,81 +345,6 @@ def process_video(item: dict, cfg: ShardConfig) -> dict:
 
 
 # ---------------------------------------------------------------- 4. the driver
-def list_videos(src: str, extensions=VIDEO_EXTENSIONS) -> list[str]:
-    """Sorted video URLs under `src` (recursive; a symlink to a file counts as it), or `[src]`
-    when it is one file."""
-    return list_entries(src, extensions)[0]
-
-
-def list_entries(src: str, extensions=VIDEO_EXTENSIONS) -> tuple[list[str], dict[str, str]]:
-    """(sorted video URLs under `src`, {url: reason} of the entries with a video ending that
-    are not readable files: dangling or looping symlinks, FIFOs, other special files); the
-    same listing as restore's (`storage.list_inputs`)."""
-    fs, path = storage.filesystem(src)
-    if fs.isfile(path):
-        return [src], {}
-    if not fs.exists(path):
-        raise UsageError(f"--src {src}: no such folder or prefix")
-    ends = tuple(e.lower() for e in extensions)
-    files, others = storage.list_inputs(src)
-    return sorted(u for u in files if u.lower().endswith(ends)), \
-        {u: r for u, r in sorted(others.items()) if u.lower().endswith(ends)}
-
-
-def _listing(url: str) -> dict[str, int]:
-    """{path relative to url: size} of every file under url."""
-    return {storage.relative_to(u, url): s for u, s in storage.list_files(url).items()}
-
-
-def read_parts(dst: str) -> dict[str, dict]:
-    """{video_key: manifest part} of every finished video under dst (read concurrently)."""
-    names = [n for n in _listing(storage.join(dst, "parts")) if n.endswith(".json")]
-    if not names:
-        return {}
-    fs, _ = storage.filesystem(dst)
-    urls = [storage.join(dst, "parts", n) for n in names]
-    paths = [storage.filesystem(u)[1] for u in urls]
-    blobs = fs.cat(paths)
-    return {n[:-5]: json.loads(blobs[p]) for n, p in zip(names, paths)}
-
-
-def _check_settings(cfg: ShardConfig) -> None:
-    """dst's content settings must match this run's (else clips of two settings would mix)."""
-    url = storage.join(cfg.dst, "build.json")
-    want = cfg.content_settings()
-    if storage.exists(url):
-        have = json.loads(storage.read_text(url))
-        diff = sorted(k for k in set(have) | set(want) if have.get(k) != want.get(k))
-        if diff:
-            raise ValueError(f"--dst {cfg.dst} holds shards built with other settings ({', '.join(diff)}: "
-                             f"{[have.get(k) for k in diff]} there, {[want.get(k) for k in diff]} now); "
-                             f"use a new --dst or the same settings")
-    else:
-        storage.write_text(url, json.dumps(want, indent=1, sort_keys=True))
-
-
-def _write_if_changed(url: str, data: bytes) -> bool:
-    if storage.exists(url) and storage.read_bytes(url) == data:
-        return False
-    storage.write_bytes(url, data)
-    return True
-
-
-def _parquet(rows: list[dict], columns: list[str]) -> bytes:
-    import pandas as pd
-
-    table = pd.DataFrame(rows, columns=columns)
-    buf = io.BytesIO()
-    table.to_parquet(buf, index=False)
-    return buf.getvalue()
-
-
-MANIFEST_COLUMNS = ["key", "shard", "index", "source", "relpath", "video_key", "shot", "shot_start", "shot_end",
-                    "first_frame", "frames", "fps", "width", "height", "out_height", "out_width", "crop_y",
-                    "crop_x", "bytes"]
-FAILURE_COLUMNS = ["file", "relpath", "stage", "error"]
-
-
 def _run(items: list[dict], cfg: ShardConfig, on_row) -> None:
     """process_video over items: Ray Data tasks (one video per task) or a local loop."""
     import functools
@@ -430,26 +368,6 @@ def _run(items: list[dict], cfg: ShardConfig, on_row) -> None:
                 compute=ray.data.TaskPoolStrategy(size=concurrency))
     for row in ds.iter_rows():
         on_row(dict(row))
-
-
-def _normalise(url: str) -> str:
-    return str(url).rstrip("/") if storage.is_remote(url) else os.path.abspath(url)
-
-
-def check_paths(cfg: ShardConfig) -> None:
-    """--src exists and --dst is neither it nor inside it; `UsageError` before anything is created."""
-    if not cfg.src:
-        raise UsageError("--src is required: a folder or s3:// prefix of videos")
-    if not cfg.dst:
-        raise UsageError("--dst is required")
-    fs, path = storage.filesystem(cfg.src)
-    if not storage.is_remote(cfg.src) and os.path.islink(path) and not os.path.exists(path):
-        raise UsageError(f"--src {cfg.src}: {storage._special_reason(path)}")
-    if not fs.exists(path):
-        raise UsageError(f"--src {cfg.src}: no such file, folder or prefix")
-    src, dst = _normalise(cfg.src), _normalise(cfg.dst)
-    if dst == src or dst.startswith(src + "/"):
-        raise UsageError(f"--dst {cfg.dst}: must not be --src {cfg.src} or inside it (its shards would be inputs)")
 
 
 def build_shards(cfg: ShardConfig) -> dict:
