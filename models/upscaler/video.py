@@ -60,7 +60,6 @@ from models.timing import SectionTimer
 from models.upscaler import sampling
 from models.upscaler.bundle import UpscalerBundle
 from models.upscaler.config import SOLVERS, UpscalerConfig
-from models.upscaler.sampling import x0_from_output
 from models.upscaler.student import make_student, split_conv_in
 
 # --------------------------------------------------------------------------- helpers
@@ -217,17 +216,12 @@ class VideoUpscaler(nn.Module):
 
     # ---- schedule maths (float32, latents are float32 outside the UNets)
 
-    def _coeffs(self, t: torch.Tensor, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        ab = self.alphas_cumprod.to(like.device)[t.long().to(like.device)].view(-1, 1, 1, 1)
-        return ab.sqrt(), (1 - ab).sqrt()
-
     def alpha_bar(self, t: torch.Tensor) -> torch.Tensor:
         return self.alphas_cumprod.to(t.device)[t.long()]
 
     def add_noise(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         """Forward diffusion q(x_t | x0): sqrt(ab_t) x0 + sqrt(1 - ab_t) noise."""
-        a, s = self._coeffs(t, x0)
-        return a * x0 + s * noise
+        return sampling.renoise(x0, self.alpha_bar(t.to(x0.device)).view(-1, 1, 1, 1), noise)
 
     def _timesteps(self, t, batch: int) -> torch.Tensor:
         t = torch.as_tensor(t, device=self.device)
@@ -319,7 +313,7 @@ class VideoUpscaler(nn.Module):
         """x0 (latent) from one UNet call at timestep t; keeps the graph (grad-enabled student forward)."""
         t = self._timesteps(t, x_t.shape[0])
         out = self.unet_output(which, x_t, t, cond, temporal)
-        return x0_from_output(self.prediction_type, out, x_t, self.alpha_bar(t).view(-1, 1, 1, 1))
+        return sampling.x0_from_output(self.prediction_type, out, x_t, self.alpha_bar(t).view(-1, 1, 1, 1))
 
     # ---- samplers
 

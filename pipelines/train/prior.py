@@ -30,6 +30,7 @@ import time
 import torch
 
 from models.pixel_codec import module_device
+from models.upscaler.config import UpscalerConfig
 from pipelines.common import storage
 from pipelines.train import common as tc
 from pipelines.train.prior_data import batches
@@ -69,10 +70,10 @@ class PriorTrainConfig(tc.TrainRunConfig):
     high_t_from: int = 750               # lower end of those timesteps
     # share of each batch drawn as the few-step sampler feeds the UNet: a step k of
     # --sampler-timesteps, x_t = pure noise (k = 0) or this UNet's own x0 re-noised (k > 0), loss on
-    # x0; -1: 0.5 for a small (x0-predicting) prior (measured: 4-step x0 sampler -0.17 -> +0.17 dB vs bicubic at
-    # 1,000 steps), else 0
+    # x0; -1: 0.5 for a small (x0-predicting) prior (measured: 4-step x0 sampler -0.19 -> +0.14 dB
+    # vs bicubic at 500 steps), else 0
     sampler_share: float = -1.0
-    sampler_timesteps: tuple[int, ...] = (750, 500, 250, 0)   # the student's schedule (the paper's T_student)
+    sampler_timesteps: tuple[int, ...] = UpscalerConfig.student_timesteps   # the student's schedule (the paper's T_student)
     kl_weight: float = 1e-6              # KL per latent element vs L1 per pixel (LDM's order of magnitude)
     anchor_weight: float = -1.0          # pull latent ch 0..2 to the 4x4 box average; -1: 1 for tiny, else 0
     sample_posterior: bool = False       # VAE recon from a posterior sample; False: its mode (as encode() in use)
@@ -85,11 +86,8 @@ def _predicts_x0(init: str) -> bool:
     """The small architecture, or a local prior folder whose scheduler predicts x0 (a small prior)."""
     if init == "small":
         return True
-    path = os.path.join(init, "scheduler", "scheduler_config.json")
-    if not os.path.isfile(path):
-        return False
-    with open(path) as f:
-        return json.load(f).get("prediction_type") == "sample"
+    url = storage.join(init, "scheduler", "scheduler_config.json")
+    return storage.exists(url) and json.loads(storage.read_text(url)).get("prediction_type") == "sample"
 
 
 def resolve(cfg: PriorTrainConfig) -> PriorTrainConfig:

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from models.pixel_codec import module_dtype
+from models.upscaler.config import UpscalerConfig
 
 
 def _random_crop(hq: torch.Tensor, crop: int, scale: int) -> tuple[torch.Tensor, int, int]:
@@ -71,7 +72,8 @@ def encode_latents(vae, hq: torch.Tensor, scaling: float, lq: torch.Tensor | Non
 def diffusion_objective(unet, latents: torch.Tensor, lq: torch.Tensor, scheduler, low_res_scheduler,
                         prompt_embeds: torch.Tensor, max_noise_level: int, high_t_share: float = 0.0,
                         high_t_from: int = 750, sampler_share: float = 0.0,
-                        sampler_timesteps: tuple[int, ...] = (750, 500, 250, 0)) -> tuple[torch.Tensor, dict]:
+                        sampler_timesteps: tuple[int, ...] = UpscalerConfig.student_timesteps
+                        ) -> tuple[torch.Tensor, dict]:
     """The x4 upscaler's training loss on scaled latents (B, 4, h, w) and low-res lq (B, 3, h, w).
     `unet`: the UNet, or an engine wrapping it (the forward then goes through DeepSpeed).
 
@@ -85,8 +87,8 @@ def diffusion_objective(unet, latents: torch.Tensor, lq: torch.Tensor, scheduler
     at the first, this UNet's own x0 re-noised later, run without gradients), and the loss is the
     MSE of the UNet's x0 against the real x0. Forward diffusion of a real frame never makes these
     inputs, so a prior trained on it alone is off its training distribution in every step of the
-    few-step sampler (measured on the small prior: its x0 at 750 from pure noise 0.5 dB below its
-    x0 from a zero input).
+    few-step sampler (measured on the small prior: its x0 at t=750 from pure noise 0.5 dB below
+    its x0 at t=999 from a zero input).
     """
     from models.upscaler.sampling import sampler_inputs, x0_from_output
 
