@@ -12,6 +12,13 @@ SD_X4_REPO = "stabilityai/stable-diffusion-x4-upscaler"
 SOLVERS = ("ddim", "dpm")
 
 
+def check_timesteps(timesteps, name: str) -> None:
+    """A few-step schedule: non-empty, strictly decreasing, in [0, 999]; else ValueError naming `name`."""
+    ts = tuple(timesteps)
+    if not ts or any(not 0 <= t < 1000 for t in ts) or any(a <= b for a, b in zip(ts, ts[1:])):
+        raise ValueError(f"{name} must be strictly decreasing in [0, 999], got {ts}")
+
+
 @dataclasses.dataclass(frozen=True)
 class UpscalerConfig:
     # hub id, local dir (unet/ vae/ scheduler/ low_res_scheduler/), or a built-in random
@@ -31,9 +38,7 @@ class UpscalerConfig:
     def __post_init__(self):
         if self.teacher_solver not in SOLVERS:
             raise ValueError(f"teacher_solver must be one of {SOLVERS}, got {self.teacher_solver!r}")
-        ts = tuple(self.student_timesteps)
-        if not ts or any(not 0 <= t < 1000 for t in ts) or any(a <= b for a, b in zip(ts, ts[1:])):
-            raise ValueError(f"student_timesteps must be strictly decreasing in [0, 999], got {ts}")
+        check_timesteps(self.student_timesteps, "student_timesteps")
         if not 0 <= self.noise_level <= 350:
             raise ValueError(f"noise_level must be in [0, 350], got {self.noise_level}")
         if self.teacher_steps < 1:

@@ -30,7 +30,7 @@ import time
 import torch
 
 from models.pixel_codec import module_device
-from models.upscaler.config import UpscalerConfig
+from models.upscaler.config import UpscalerConfig, check_timesteps
 from pipelines.common import storage
 from pipelines.train import common as tc
 from pipelines.train.prior_data import batches
@@ -107,9 +107,9 @@ def resolve(cfg: PriorTrainConfig) -> PriorTrainConfig:
         raise ValueError(f"high_t_share ({cfg.high_t_share}) must be in [0, 1] and high_t_from "
                          f"({cfg.high_t_from}) in [0, 999]")
     share = cfg.sampler_share if cfg.sampler_share >= 0 else (0.5 if _predicts_x0(cfg.init) else 0.0)
-    if share > 1 or not cfg.sampler_timesteps or any(not 0 <= t <= 999 for t in cfg.sampler_timesteps):
-        raise ValueError(f"sampler_share ({cfg.sampler_share}) must be <= 1 and sampler_timesteps "
-                         f"({cfg.sampler_timesteps}) non-empty, each in [0, 999]")
+    if share > 1:
+        raise ValueError(f"sampler_share must be <= 1 (or -1: auto), got {cfg.sampler_share}")
+    check_timesteps(cfg.sampler_timesteps, "sampler_timesteps")
     return dataclasses.replace(cfg, vae_steps=vae_steps, joint_decoder=joint, anchor_weight=anchor,
                                sampler_share=share)
 
