@@ -1,8 +1,8 @@
-"""Video-codec round trip in memory (PyAV, io.BytesIO): the RealBasicVSR/VideoLQ stage.
+"""Video-codec round trip in memory (PyAV encoder -> decoder): the RealBasicVSR/VideoLQ stage.
 
 The clip is encoded as yuv420p with libx264, libx265 or mpeg4 at a constant quality
-(x264/x265 CRF, mpeg4 fixed quantiser via qmin = qmax) or a target bitrate, muxed into
-Matroska in memory, and decoded back. yuv420p needs even sizes: odd sides are padded by
+(x264/x265 CRF, mpeg4 fixed quantiser via qmin = qmax) or a target bitrate, and decoded
+back in memory, packet by packet. yuv420p needs even sizes: odd sides are padded by
 repeating the last row/column and cropped back after decoding. Encoders run single-threaded
 so the output is deterministic (replayable bit for bit).
 
@@ -13,7 +13,7 @@ was found stable; the padding is cropped away after decoding.
 """
 from __future__ import annotations
 
-import io
+from fractions import Fraction
 
 import av
 import numpy as np
@@ -32,10 +32,17 @@ def _pad(frames: np.ndarray, min_side: int) -> np.ndarray:
     return frames
 
 
-def _open_stream(container, params: dict, width: int, height: int):
+GLOBAL_HEADER = 1 << 22                  # AV_CODEC_FLAG_GLOBAL_HEADER
+# FFmpeg decoder for each encoder's bitstream.
+DECODER = {"libx264": "h264", "libx265": "hevc", "mpeg4": "mpeg4"}
+
+
+def _encoder(params: dict, width: int, height: int):
     codec = params["codec"]
-    stream = container.add_stream(codec, rate=int(params.get("fps", 25)))
-    stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+    enc = av.CodecContext.create(codec, "w")
+    fps = int(params.get("fps", 25))
+    enc.width, enc.height, enc.pix_fmt = width, height, "yuv420p"
+    enc.time_base, enc.framerate = Fraction(1, fps), Fraction(fps, 1)
     options = {}
     if codec in ("libx264", "libx265"):
         options["preset"] = params.get("preset", "veryfast")
@@ -46,55 +53,41 @@ def _open_stream(container, params: dict, width: int, height: int):
     elif codec == "libx265":
         options["x265-params"] = "log-level=none:pools=1:frame-threads=1"
     elif codec == "mpeg4" and "qscale" in params:
-        stream.codec_context.qmin = stream.codec_context.qmax = int(params["qscale"])
-    elif codec != "mpeg4":
-        raise ValueError(f"unknown codec {codec!r}; choose from libx264, libx265, mpeg4")
-    if "bitrate" in params:
-        stream.bit_rate = int(params["bitrate"])
-    stream.codec_context.options = options
-    stream.thread_count = 1
-    return stream
+        enc.qmin = enc.qmax = int(params["qscale"])
+    enc.bit_rate = int(params.get("bitrate", 0))      # 0: no bitrate target (constant quality)
+    enc.options = options
+    enc.thread_count = 1
+    enc.flags |= GLOBAL_HEADER    # stream headers out of band, as a container would ask
+    return enc
 
 
-def roundtrip_uint8(frames: np.ndarray, params: dict, attempts: int = 3) -> tuple[np.ndarray, int]:
+def roundtrip_uint8(frames: np.ndarray, params: dict) -> tuple[np.ndarray, int]:
     """Encode (T, H, W, 3) uint8 RGB and decode it back; returns (frames, encoded bytes).
 
-    The bundled FFmpeg's muxer has, rarely and not reproducibly, refused a packet with
-    EINVAL (seen once in ~1000 clips); the same settings succeed when tried again, and
-    the encoders are deterministic, so a retry gives the same result."""
-    for attempt in range(attempts):
-        try:
-            return _roundtrip_once(frames, params)
-        except av.error.ArgumentError:
-            if attempt == attempts - 1:
-                raise
-    raise AssertionError("unreachable")
-
-
-def _roundtrip_once(frames: np.ndarray, params: dict) -> tuple[np.ndarray, int]:
+    Packets go straight from the encoder to a decoder, with no container in between: the
+    bundled libx265 sometimes gives its first packet an uninitialised DTS (seen ~1 in 400
+    clips of 2 frames), which a muxer refuses with EINVAL; the decoder ignores DTS."""
     if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] != 3:
         raise ValueError(f"codec round trip expects (T, H, W, 3) uint8, got {frames.dtype} {frames.shape}")
     t, h, w, _ = frames.shape
     if params.get("codec") not in MIN_SIDE:
         raise ValueError(f"unknown codec {params.get('codec')!r}; choose from {sorted(MIN_SIDE)}")
     padded = _pad(frames, MIN_SIDE[params["codec"]])
-    buf = io.BytesIO()
-    with av.open(buf, mode="w", format="matroska") as out:
-        stream = _open_stream(out, params, padded.shape[2], padded.shape[1])
-        for i, frame in enumerate(padded):
-            vf = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")
-            vf.pts = i
-            for packet in stream.encode(vf):
-                out.mux(packet)
-        for packet in stream.encode():
-            out.mux(packet)
-    size = buf.tell()
-    buf.seek(0)
-    with av.open(buf, mode="r") as inp:
-        decoded = [f.to_ndarray(format="rgb24") for f in inp.decode(video=0)]
+    enc = _encoder(params, padded.shape[2], padded.shape[1])
+    packets = []
+    for i, frame in enumerate(padded):
+        vf = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")
+        vf.pts = i
+        packets += enc.encode(vf)
+    packets += enc.encode(None)
+    dec = av.CodecContext.create(DECODER[params["codec"]], "r")
+    dec.extradata = enc.extradata
+    dec.thread_count = 1
+    decoded = [f for p in packets for f in dec.decode(p)] + list(dec.decode(None))
     if len(decoded) != t:
         raise RuntimeError(f"codec {params['codec']} returned {len(decoded)} frames for {t}")
-    return np.stack(decoded)[:, :h, :w], size
+    size = sum(p.size for p in packets)
+    return np.stack([f.to_ndarray(format="rgb24") for f in decoded])[:, :h, :w], size
 
 
 def roundtrip(clip: torch.Tensor, params: dict) -> torch.Tensor:
