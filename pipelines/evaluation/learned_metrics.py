@@ -95,18 +95,19 @@ class PyiqaMetric:
 
         opts: dict = {}
         files = {f: find_weight(f, weights_dir) for f in REQUIRED_FILES.get(name, ())}
-        if name in ("niqe", "musiq"):
+        if name in ("niqe", "niqe_frames", "musiq"):
             opts["pretrained_model_path"] = str(files[REQUIRED_FILES[name][0]])
         elif name == "dists":
             opts["pretrained_model_path"] = str(files["DISTS_weights-f5e65c96.pth"])
         elif name == "clipiqa":
             opts["backbone"] = str(files["RN50.pt"])
         with offline(weights_dir, PYIQA_ARCH[name]), contextlib.redirect_stdout(sys.stderr):
-            self.metric = pyiqa.create_metric(name, device=torch.device(device), as_loss=False, **opts)
+            self.metric = pyiqa.create_metric("niqe" if name == "niqe_frames" else name,
+                                              device=torch.device(device), as_loss=False, **opts)
         self.metric.eval()
         self.device, self.name = device, name
 
-    MIN_SIDE: ClassVar[dict[str, int]] = {"niqe": 96}   # NIQE works on 96 px blocks
+    MIN_SIDE: ClassVar[dict[str, int]] = {"niqe": 96, "niqe_frames": 96}   # NIQE works on 96 px blocks
 
     @torch.no_grad()
     def __call__(self, a: torch.Tensor, b: torch.Tensor | None = None) -> float:

@@ -132,7 +132,7 @@ def read_frame(path: str | os.PathLike, index: int) -> np.ndarray:
 # --------------------------------------------------------------------------- tables
 
 _DECIMALS = {"psnr": 2, "ssim": 4, "lpips": 4, "dists": 4, "musiq": 2, "maniqa": 4, "clipiqa": 4,
-             "niqe": 3, "tlpips": 2, "tof": 3, "piqe": 2, "ewarp": 3}
+             "niqe": 3, "niqe_frames": 3, "tlpips": 2, "tof": 3, "piqe": 2, "ewarp": 3}
 
 
 def format_value(key: str, value) -> str:

