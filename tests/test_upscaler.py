@@ -230,3 +230,26 @@ def test_small_frames_are_upscaled_for_the_flow_net(up, monkeypatch):
     flow = up.lowres_flow(lq, lq)
     assert seen == [(16 * k, 16 * k)] and min(seen[0]) >= need
     torch.testing.assert_close(flow, torch.full((1, 2, 16, 16), 3.0 / k))
+
+
+def test_sampler_input_is_what_sample_few_step_feeds_the_student(up):
+    """Distillation's `student_input="sampled"`: the input at step k is the sampler's own."""
+    lq = smooth_clip(1, 16, 16)
+    cond = up.lowres_condition(lq, torch.Generator().manual_seed(0))
+    temporal = up.temporal_input(lq, None)
+    seen, predict = [], up.predict_x0
+
+    def recording(which, x_t, t, c, tmp=None):
+        seen.append(x_t.clone())
+        return predict(which, x_t, t, c, tmp)
+
+    up.predict_x0 = recording
+    try:
+        up.sample_few_step(cond, temporal, torch.Generator().manual_seed(5))
+        full = list(seen)
+        for k in range(len(up.cfg.student_timesteps)):
+            seen.clear()
+            x = up.sampler_input(cond, temporal, torch.tensor([k]), torch.Generator().manual_seed(5))
+            assert torch.equal(x, full[k]) and len(seen) == k             # that input, k calls
+    finally:
+        del up.predict_x0

@@ -342,6 +342,23 @@ class VideoUpscaler(nn.Module):
         return sampling.sample_few_step(predict, lambda i, rows: noise[i].to(self.device)[rows], b, ts,
                                         self.alphas_cumprod)
 
+    @torch.no_grad()
+    def sampler_input(self, cond: LowResCondition, temporal: torch.Tensor | None, stop: torch.Tensor,
+                      generator: torch.Generator | None = None, unet: str = "student") -> torch.Tensor:
+        """What `sample_few_step` feeds its UNet at step `stop[b]` (B,) of the student timesteps:
+        pure noise at step 0, the UNet's own x0 re-noised later (the noise drawn as there).
+        Distillation trains the student on these inputs (`DistillConfig.student_input`)."""
+        ts = tuple(self.cfg.student_timesteps)
+        b, _, h, w = cond.image.shape
+        noise = [self.randn((b, self.latent_channels, h, w), generator) for _ in ts]
+
+        def predict(x, t, rows):        # only the rows still running
+            sub = LowResCondition(cond.image[rows], cond.noise_level[rows])
+            return self.predict_x0(unet, x, t, sub, None if temporal is None else temporal[rows])
+
+        return sampling.sampler_inputs(predict, lambda i, rows: noise[i][rows], ts, self.alphas_cumprod,
+                                       stop.to(self.device))
+
     def make_scheduler(self, solver: str | None = None):
         """A fresh diffusers scheduler (they are stateful) from the checkpoint's config."""
         solver = solver or self.cfg.teacher_solver

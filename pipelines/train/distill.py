@@ -101,7 +101,7 @@ class DistillTrainConfig(tc.TrainRunConfig):
     distill_weighting: str = "alpha_bar"   # c(tau): alpha_bar (ADD) | sds
     teacher_t_min: int = 20                # teacher re-noising timesteps tau ~ U[min, max] (of 1000)
     teacher_t_max: int = 980               # ... and their upper bound
-    first_step_input: str = "noise"        # student input at T_student[0]: noise (as the sampler) | diffused_real
+    student_input: str = "sampled"         # student input at s: sampled (its sampler's own, no grad) | noise_first | diffused_real (ADD)
     previous_frame: str = "sampled"        # temporal input of frame t: sampled (as inference) | student | gt
     discriminator_isolation: str = "detached"  # how D stays out of the generator's backward: detached | requires_grad
     train_timesteps: tuple[int, ...] = ()  # T_student entries training draws s from; () = all (e.g. 750 500 250: no t=0)
@@ -129,7 +129,7 @@ class DistillTrainConfig(tc.TrainRunConfig):
             distill_weight=self.distill_weight, lambda_adv=self.lambda_adv, lambda_tlpips=self.lambda_tlpips,
             adversarial_form=self.adversarial_form, distill_weighting=self.distill_weighting,
             teacher_t_min=self.teacher_t_min, teacher_t_max=self.teacher_t_max,
-            first_step_input=self.first_step_input, previous_frame=self.previous_frame,
+            student_input=self.student_input, previous_frame=self.previous_frame,
             discriminator_isolation=self.discriminator_isolation, train_timesteps=tuple(self.train_timesteps))
 
     def upscaler_config(self, pretrained: str | None = None):

@@ -7,9 +7,13 @@ the loss (the caller runs `backward` / `engine.backward`) and float metrics.
 
 Generator step, per clip (frames in order, as at inference):
 1. one student timestep s from T_student per clip (all its frames share it, so that
-   T-LPIPS compares frames of the same quality); the student's input is the real latent
-   forward-diffused to s (ADD), except at the first timestep, where it is pure noise, as
-   the few-step sampler starts (`first_step_input="noise"`);
+   T-LPIPS compares frames of the same quality); the student's input at s is what its own
+   few-step sampler feeds it there (`student_input="sampled"`, default): pure noise at the
+   first timestep, its own earlier x0 re-noised later (run without gradients, at most 3
+   extra calls). ADD forward-diffuses the real latent to s instead ("diffused_real"),
+   "noise_first" does so except at the first timestep. Measured on the small prior: a
+   UNet trained on forward-diffused inputs is off its training distribution at every step
+   of the few-step sampler (see `pipelines.train.prior_objectives`);
 2. the temporal input of frame t is frame t-1 as inference would have restored it: the
    student's few-step sampler run on it without gradients (`previous_frame="sampled"`,
    default: no train/inference mismatch, costs T-1 extra no-grad samples per clip), warped
@@ -56,6 +60,9 @@ from models.losses import (ADVERSARIAL_FORMS, DISTILL_WEIGHTINGS, LossWeights, T
 from models.upscaler.video import LowResCondition, TemporalState, VideoUpscaler
 
 
+STUDENT_INPUTS = ("sampled", "noise_first", "diffused_real")
+
+
 @dataclasses.dataclass(frozen=True)
 class DistillConfig:
     distill_weight: float = 1.0              # weight of L_distill (Eq. 6)
@@ -65,8 +72,10 @@ class DistillConfig:
     distill_weighting: str = "alpha_bar"     # c(tau): "alpha_bar" (ADD) or "sds"
     teacher_t_min: int = 20                  # teacher re-noising timesteps tau ~ U[min, max] (of 1000)
     teacher_t_max: int = 980
-    first_step_input: str = "noise"          # student input at T_student[0]: "noise" (as the sampler)
-                                             # or "diffused_real" (ADD)
+    # the student's input at s: "sampled" = what its few-step sampler feeds it there (no grad);
+    # "noise_first" = pure noise at T_student[0], the real latent forward-diffused to s later;
+    # "diffused_real" = the real latent forward-diffused to s at every s (ADD)
+    student_input: str = "sampled"
     # temporal input of frame t: "sampled" = frame t-1 restored by the full few-step sampler (no
     # grad), as at inference; "student" = the one-step prediction at s (cheaper); "gt" = ground truth
     previous_frame: str = "sampled"
@@ -77,7 +86,7 @@ class DistillConfig:
 
     def __post_init__(self):
         checks = [("adversarial_form", ADVERSARIAL_FORMS), ("distill_weighting", DISTILL_WEIGHTINGS),
-                  ("first_step_input", ("noise", "diffused_real")), ("previous_frame", ("sampled", "student", "gt")),
+                  ("student_input", STUDENT_INPUTS), ("previous_frame", ("sampled", "student", "gt")),
                   ("discriminator_isolation", ("detached", "requires_grad"))]
         for name, allowed in checks:
             if getattr(self, name) not in allowed:
@@ -150,7 +159,8 @@ def student_rollout(models: DistillModels, lq: torch.Tensor, hq: torch.Tensor, c
     if bad:
         raise ValueError(f"train_timesteps {sorted(bad)} are not student timesteps {tuple(ts.tolist())}")
     s = draws[_randint(0, len(draws), b, generator, dev)]                 # (B,)
-    from_noise = (s == ts[0]) if cfg.first_step_input == "noise" else torch.zeros_like(s, dtype=torch.bool)
+    step = (s[:, None] == ts[None]).float().argmax(1)                      # (B,) index of s in T_student
+    from_noise = (s == ts[0]) if cfg.student_input == "noise_first" else torch.zeros_like(s, dtype=torch.bool)
     real_x0 = up.encode(hq.flatten(0, 1), lq.flatten(0, 1)).unflatten(0, (b, t))  # (B, T, 4, h, w)
     state: TemporalState | None = None
     x0s, rgbs, lows, levels = [], [], [], []
@@ -158,8 +168,11 @@ def student_rollout(models: DistillModels, lq: torch.Tensor, hq: torch.Tensor, c
         lq_i = lq[:, i]
         temporal = up.temporal_input(lq_i, state)                       # no grad (frozen flow)
         cond = up.lowres_condition(lq_i, generator)
-        noise = up.randn(real_x0[:, i].shape, generator)
-        x_s = torch.where(from_noise.view(-1, 1, 1, 1), noise, up.add_noise(real_x0[:, i], s, noise))
+        if cfg.student_input == "sampled":
+            x_s = up.sampler_input(cond, temporal, step, generator)
+        else:
+            noise = up.randn(real_x0[:, i].shape, generator)
+            x_s = torch.where(from_noise.view(-1, 1, 1, 1), noise, up.add_noise(real_x0[:, i], s, noise))
         with torch.set_grad_enabled(grad):
             x0 = up.predict_x0("student", x_s, s, cond, temporal)
             rgb = up.decode(x0, clamp=False, lq=lq_i) if decode else None
