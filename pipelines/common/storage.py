@@ -15,9 +15,12 @@ from __future__ import annotations
 import builtins
 import contextlib
 import dataclasses
+import fcntl
 import os
+import re
 import shutil
 import tempfile
+import time
 import uuid
 from typing import IO, Iterator
 
@@ -172,7 +175,7 @@ def atomic_write(url: str) -> Iterator[IO[bytes]]:
             raise
         return
     # Remote: spool locally, then one upload; the object is visible only once complete.
-    with tempfile.NamedTemporaryFile(prefix="d2vr-upload-", suffix=".part") as tmp:
+    with tempfile.NamedTemporaryFile(prefix="d2vr-upload-", suffix=".part", dir=temp_root()) as tmp:
         yield tmp
         tmp.flush()
         fs.put_file(tmp.name, path)
@@ -209,17 +212,40 @@ def upload_tree(local: str, url: str, last: tuple[str, ...] = ()) -> None:
         upload_file(os.path.join(local, rel), join(url, *rel.split(os.sep)))
 
 
-def list_files(root: str) -> dict[str, int]:
-    """{url: size} of every file under `root` (one recursive listing; {} if absent)."""
+def _find(root: str) -> tuple[fsspec.AbstractFileSystem, dict[str, dict]]:
+    """(filesystem, {path: info}) of one recursive listing under `root` ({} if absent)."""
     fs, path = filesystem(root)
     if hasattr(fs, "invalidate_cache"):
         fs.invalidate_cache()
     try:
-        found = fs.find(path, detail=True)
+        return fs, fs.find(path, detail=True)
     except FileNotFoundError:
-        return {}
+        return fs, {}
+
+
+def list_files(root: str) -> dict[str, int]:
+    """{url: size} of every file under `root` (one recursive listing; {} if absent)."""
+    fs, found = _find(root)
     return {_url(fs, p, root): int(info.get("size") or 0)
             for p, info in found.items() if info.get("type", "file") == "file"}
+
+
+def _remote_version(info: dict) -> str:
+    """An object's content identity: size and ETag (else modification time)."""
+    etag, size = str(info.get("ETag") or "").strip('"'), int(info.get("size") or 0)
+    return f"size={size} etag={etag}" if etag else f"size={size} modified={info.get('LastModified')}"
+
+
+def _local_version(path: str) -> str:
+    st = os.stat(path)                                      # a symlink's target
+    return f"size={st.st_size} mtime_ns={st.st_mtime_ns}"
+
+
+def source_version(url: str) -> str:
+    """The content identity of one file: what resume compares to tell a changed source from
+    the one an earlier run read (a size alone misses an edit that keeps the length)."""
+    fs, path = filesystem(url)
+    return _remote_version(fs.info(path)) if is_remote(url) else _local_version(path)
 
 
 def _special_reason(path: str) -> str:
@@ -242,26 +268,27 @@ def _special_reason(path: str) -> str:
     return f"not a regular file ({'a symlink to a ' + kind if link else kind})"
 
 
-def list_inputs(root: str) -> tuple[dict[str, int], dict[str, str]]:
-    """What a job reads under `root`: ({url: size} of the files, a symlink to a file counting as
-    that file; {url: reason} of every other entry: a dangling or looping symlink, a FIFO, a
-    socket, a device). Both {} if `root` is absent. On S3 every object is a file."""
-    fs, path = filesystem(root)
+def list_sources(root: str) -> tuple[dict[str, tuple[int, str]], dict[str, str]]:
+    """What a job reads under `root`: ({url: (size, content identity)} of the files, a symlink
+    to a file counting as that file (see `source_version`); {url: reason} of every other
+    entry: a dangling or looping symlink, a FIFO, a socket, a device). Both {} if `root` is
+    absent. On S3 every object is a file."""
+    fs, found = _find(root)
     if is_remote(root):
-        return list_files(root), {}
-    try:
-        found = fs.find(path, detail=True)
-    except FileNotFoundError:
-        return {}, {}
+        return {_url(fs, p, root): (int(i.get("size") or 0), _remote_version(i))
+                for p, i in found.items() if i.get("type", "file") == "file"}, {}
     files, bad = {}, {}
     for p, info in found.items():
-        if info.get("type") == "file":
-            files[p] = int(info.get("size") or 0)
-        elif os.path.isfile(p):               # a symlink to a regular file: follow it
-            files[p] = os.path.getsize(p)
+        if info.get("type") == "file" or os.path.isfile(p):    # a symlink to a regular file: follow it
+            files[p] = (os.path.getsize(p), _local_version(p))
         else:
             bad[p] = _special_reason(p)
     return files, bad
+
+
+def list_inputs(root: str) -> tuple[dict[str, int], dict[str, str]]:
+    files, bad = list_sources(root)                         # ({url: size}, {url: reason})
+    return {u: size for u, (size, _) in files.items()}, bad
 
 
 def unsafe_relpath(relpath: str) -> str:
@@ -299,11 +326,10 @@ def local_copy(url: str) -> Iterator[str]:
         return
     fs, path = filesystem(url)
     suffix = os.path.splitext(path)[1]
-    with tempfile.TemporaryDirectory(prefix="d2vr-") as tmpdir:
+    with tempfile.TemporaryDirectory(prefix="d2vr-", dir=temp_root()) as tmpdir:
         local = os.path.join(tmpdir, f"{uuid.uuid4().hex}{suffix}")
         fs.get_file(path, local)
         yield local
-
 
 
 @contextlib.contextmanager
@@ -314,6 +340,127 @@ def local_dir(url: str) -> Iterator[str]:
         yield url
         return
     fs, path = filesystem(url)
-    with tempfile.TemporaryDirectory(prefix="d2vr-dir-") as tmpdir:
+    with tempfile.TemporaryDirectory(prefix="d2vr-dir-", dir=temp_root()) as tmpdir:
         fs.get(path.rstrip("/") + "/", tmpdir, recursive=True)
         yield tmpdir
+
+
+# ------------------------------------------------------------------ what a killed run leaves
+# A SIGKILL runs no cleanup (and Ray workers go on ~1.5 s after their driver dies), so the
+# next run removes what an earlier one left: `atomic_write` temporaries in the destination,
+# and the run folders under the temp dir that hold every download, upload spool and encode.
+TMP_ENV = "D2VR_TMPDIR"          # the run's temp folder, for this process (set by `run_tempdir`)
+RUN_PREFIX = "d2vr-run-"
+_LOCK = ".lock"
+PART_NAME = re.compile(r"^\..+\.[a-z0-9_]{8}\.part$")   # atomic_write's: ".<name>.<mkstemp's 8>.part"
+
+
+def temp_root() -> str:
+    """Where our temporary files go: the run's folder if a job set one (made by `_hold`, never
+    re-made after the run removed it), else the system's."""
+    return os.environ.get(TMP_ENV) or tempfile.gettempdir()
+
+
+def remove_stale_parts(root: str) -> list[str]:
+    """Remove the `atomic_write` temporaries (`.<name>.<8 random>.part`, no other name) that
+    killed writers left under the local folder `root`, when none of ours is active; S3 has none."""
+    removed: list[str] = []
+    if is_remote(root):
+        return removed
+    for folder, _, names in os.walk(_strip_file_scheme(root)):
+        for name in names:
+            if PART_NAME.match(name):
+                with contextlib.suppress(FileNotFoundError):
+                    os.remove(os.path.join(folder, name))
+                    removed.append(os.path.join(folder, name))
+    return removed
+
+
+def _hold(folder: str) -> int:
+    """fd of a shared lock on `folder` (released with the fd, also by a SIGKILL): while any
+    process holds one, no sweep removes the folder."""
+    lock = os.path.join(folder, _LOCK)
+    while True:                                        # a sweep may remove it meanwhile: retry
+        os.makedirs(folder, exist_ok=True)
+        with contextlib.suppress(FileNotFoundError):
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o600)
+            fcntl.flock(fd, fcntl.LOCK_SH)
+            if os.stat(lock).st_ino == os.fstat(fd).st_ino:
+                return fd
+            os.close(fd)
+
+
+def _unused(folder: str, fd: int | None = None) -> bool:
+    """True (`fd`, or a new one, then locked exclusively until closed) if no process holds
+    `folder`; one without a lock file (a race of microseconds) counts as unused once 10 s old."""
+    if fd is None:
+        try:
+            fd = os.open(os.path.join(folder, _LOCK), os.O_RDWR)
+        except FileNotFoundError:
+            return time.time() - os.path.getmtime(folder) > 10
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except BlockingIOError:
+        return False
+
+
+def sweep_stale_runs(parent: str | None = None) -> list[str]:
+    """Remove the run folders under `parent` (the temp dir) that no live process holds: what
+    killed runs left (partial encodes, downloads, upload spools); returns them."""
+    parent, removed = parent or tempfile.gettempdir(), []
+    for name in sorted(os.listdir(parent)):
+        folder = os.path.join(parent, name)
+        if name.startswith(RUN_PREFIX) and os.path.isdir(folder) and not os.path.islink(folder):
+            with contextlib.suppress(FileNotFoundError):
+                if _unused(folder):
+                    shutil.rmtree(folder, ignore_errors=True)
+                    removed.append(folder)
+    return removed
+
+
+@contextlib.contextmanager
+def _using(folder: str) -> Iterator[int]:
+    """Hold `folder` and make it this process's `temp_root()` for the block; yields the lock fd."""
+    fd, saved = _hold(folder), os.environ.get(TMP_ENV)
+    os.environ[TMP_ENV] = folder
+    try:
+        yield fd
+    finally:
+        if saved is None:
+            os.environ.pop(TMP_ENV, None)
+        else:
+            os.environ[TMP_ENV] = saved
+
+
+@contextlib.contextmanager
+def run_tempdir() -> Iterator[str]:
+    """A job's temp folder (`d2vr-run-*`), `temp_root()` while the run lasts and removed at
+    its end (its tasks ended or were abandoned); killed runs' are swept first. Workers get
+    the path (`task_tempdir`)."""
+    sweep_stale_runs()
+    folder = tempfile.mkdtemp(prefix=RUN_PREFIX)
+    with _using(folder) as fd:
+        try:
+            yield folder
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+            os.close(fd)
+
+
+@contextlib.contextmanager
+def task_tempdir(folder: str) -> Iterator[None]:
+    """A worker's task uses the run's temp folder (made on this node if absent, stale ones
+    swept then); on a node without the driver the last task holding it removes it. "": no-op."""
+    if not folder:
+        yield
+        return
+    if not os.path.isdir(folder):
+        sweep_stale_runs(os.path.dirname(folder))
+    with _using(folder) as fd:
+        try:
+            yield
+        finally:
+            if _unused(folder, fd):                   # no driver here, no other task
+                shutil.rmtree(folder, ignore_errors=True)
+            os.close(fd)

@@ -190,7 +190,7 @@ class VideoWriter:
         self.rate = fractions.Fraction(str(fps)).limit_denominator(100000)
         self.crf, self.codec, self.preset, self.audio_from, self.pix_fmt = crf, codec, preset, audio_from, pix_fmt
         suffix = os.path.splitext(self.url)[1] or ".mp4"
-        self._tmpdir = tempfile.TemporaryDirectory(prefix="d2vr-enc-")
+        self._tmpdir = tempfile.TemporaryDirectory(prefix="d2vr-enc-", dir=storage.temp_root())
         self._tmp = os.path.join(self._tmpdir.name, f"out{suffix}")
         self._container = av.open(self._tmp, mode="w")
         self._stream = None

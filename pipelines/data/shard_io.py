@@ -7,6 +7,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 from typing import TYPE_CHECKING
 
 from pipelines.common import storage
@@ -20,21 +21,21 @@ if TYPE_CHECKING:
 def list_videos(src: str, extensions=VIDEO_EXTENSIONS) -> list[str]:
     """Sorted video URLs under `src` (recursive; a symlink to a file counts as it), or `[src]`
     when it is one file."""
-    return list_entries(src, extensions)[0]
+    return sorted(list_entries(src, extensions)[0])
 
 
-def list_entries(src: str, extensions=VIDEO_EXTENSIONS) -> tuple[list[str], dict[str, str]]:
-    """(sorted video URLs under `src`, {url: reason} of the entries with a video ending that
-    are not readable files: dangling or looping symlinks, FIFOs, other special files); the
-    same listing as restore's (`storage.list_inputs`)."""
+def list_entries(src: str, extensions=VIDEO_EXTENSIONS) -> tuple[dict[str, str], dict[str, str]]:
+    """({video URL: content identity} under `src`, sorted; {url: reason} of the entries with a
+    video ending that are not readable files: dangling or looping symlinks, FIFOs, other
+    special files); the same listing as restore's (`storage.list_sources`)."""
     fs, path = storage.filesystem(src)
     if fs.isfile(path):
-        return [src], {}
+        return {src: storage.source_version(src)}, {}
     if not fs.exists(path):
         raise UsageError(f"--src {src}: no such folder or prefix")
     ends = tuple(e.lower() for e in extensions)
-    files, others = storage.list_inputs(src)
-    return sorted(u for u in files if u.lower().endswith(ends)), \
+    files, others = storage.list_sources(src)
+    return {u: files[u][1] for u in sorted(files) if u.lower().endswith(ends)}, \
         {u: r for u, r in sorted(others.items()) if u.lower().endswith(ends)}
 
 
@@ -53,6 +54,39 @@ def read_parts(dst: str) -> dict[str, dict]:
     paths = [storage.filesystem(u)[1] for u in urls]
     blobs = fs.cat(paths)
     return {n[:-5]: json.loads(blobs[p]) for n, p in zip(names, paths)}
+
+
+def plan_videos(dst: str, versions: dict[str, str], base: str, key_of, tmpdir: str) -> tuple[list[dict], int]:
+    """(the task items, the count done before) for the videos {url: content identity}: done is
+    a part of the source's version (a part from before versions were recorded is trusted) whose
+    shards all exist at their recorded sizes; an item lists the shards of its key already there."""
+    shards_now = {f"shards/{n}": s for n, s in _listing(storage.join(dst, "shards")).items()}
+    parts = read_parts(dst)
+    items, skipped = [], 0
+    for url, version in versions.items():
+        rel = storage.relative_to(url, base)
+        key = key_of(rel)
+        part = parts.get(key, {}).get("video", {})
+        same = bool(part) and part.get("source_version", version) == version
+        if same and all(shards_now.get(s["name"]) == s["bytes"] for s in part["shards"]):
+            skipped += 1
+            continue
+        mine = re.compile(rf"shards/{re.escape(key)}-\d{{4}}\.tar$")
+        existing = {n: s for n, s in shards_now.items() if mine.match(n)}
+        items.append({"url": url, "relpath": rel, "video_key": key, "existing": json.dumps(existing),
+                      "source_version": version, "trusted": same, "tmpdir": tmpdir})
+    return items, skipped
+
+
+def remove_orphan_shards(dst: str, parts: dict[str, dict]) -> list[str]:
+    """Remove the shards of finished videos that their part does not name (an older version's,
+    or one a killed run's worker wrote after the listing); returns them."""
+    named = {s["name"] for p in parts.values() for s in p["video"]["shards"]}
+    orphans = [n for n in (f"shards/{n}" for n in _listing(storage.join(dst, "shards")))
+               if n not in named and n[len("shards/"):].rsplit("-", 1)[0] in parts]
+    for name in orphans:
+        storage.remove(storage.join(dst, name))
+    return orphans
 
 
 def _check_settings(cfg: ShardConfig) -> None:
@@ -110,3 +144,13 @@ def check_paths(cfg: ShardConfig) -> None:
     src, dst = _normalise(cfg.src), _normalise(cfg.dst)
     if dst == src or dst.startswith(src + "/"):
         raise UsageError(f"--dst {cfg.dst}: must not be --src {cfg.src} or inside it (its shards would be inputs)")
+
+
+def print_summary(summary: dict) -> None:
+    """The build's last line before its JSON summary."""
+    print(f"[build_shards] done: {summary['videos']} videos ({summary['videos_processed']} processed, "
+          f"{summary['videos_skipped']} skipped, {summary['videos_failed']} failed), {summary['shots']} shots, "
+          f"{summary['clips']} clips, {summary['shards']} shards ({summary['shards_written']} written), "
+          f"{summary['bytes'] / 1e6:.1f} MB ({summary['bytes_written'] / 1e6:.1f} MB written), "
+          f"{summary['failures']} failures, {summary['videos_without_clips']} videos with 0 clips (see "
+          f"'no_clips'), {summary['clips_per_s']:.1f} clips/s in {summary['seconds']:.1f} s", flush=True)

@@ -19,10 +19,11 @@ Layout under `dst`:
 Idempotence: a video's key is a hash of its path relative to `src`; a clip's key is
 `<video_key>-s<shot>-f<first frame>`; a video's clips fill its own shards in order, and the
 tar bytes are deterministic (fixed member metadata). A new video adds new shards and never
-touches old ones; a re-run skips every video whose part exists with all its shards at
-their recorded sizes, and an unfinished video is redone from scratch, skipping the upload
-of shards already present at the same size. The manifest is rebuilt from the parts, so it
-lists exactly the clips in the tars the parts name.
+touches old ones; a re-run skips every video whose part exists, records its source's
+version (size + mtime, or S3 ETag) and has all its shards at their recorded sizes; any other
+is redone from scratch, skipping the upload of a shard already present at the same size if
+its part names the same source version or its bytes read back are the same. The manifest is
+rebuilt from the parts, so it lists exactly the clips in the tars the parts name.
 
 `pipelines.data.shard_io` holds the rest of the build's I/O: the source listing, the
 --src/--dst checks, build.json and the parts, the manifest/failure tables.
@@ -46,12 +47,14 @@ from pipelines.data.shard_io import (
     FAILURE_COLUMNS,
     MANIFEST_COLUMNS,
     _check_settings,
-    _listing,
     _parquet,
     _write_if_changed,
     check_paths,
     list_entries,
+    plan_videos,
+    print_summary,
     read_parts,
+    remove_orphan_shards,
 )
 from pipelines.data.shots import DEFAULT_MIN_SHOT_LEN, DEFAULT_THRESHOLD, ShotDetector
 from pipelines.data.tar_shards import TarShard
@@ -221,7 +224,7 @@ class _VideoRun:
         t0 = time.perf_counter()
         name, clips, data = shard_name(self.vkey, len(self.shards)), self.tar.clips, self.tar.close()
         self.tar = TarShard()
-        if self.existing.get(name) != len(data):   # same name and size: a finished earlier upload
+        if not self._kept(name, data):
             storage.write_bytes(storage.join(self.cfg.dst, name), data)
             self.written.append(name)
             self.bytes_written += len(data)
@@ -229,6 +232,15 @@ class _VideoRun:
         self.seconds["write"] += time.perf_counter() - t0
         if 0 <= self.cfg.fail_after_shards <= len(self.shards):
             raise InjectedFault(f"fault injection: stopping after shard {name}")
+
+    def _kept(self, name: str, data: bytes) -> bool:
+        """Whether an earlier try left shard `name` holding `data`: same size, and made from this
+        source version (its part says so) or else read back and byte-identical. A tar's size is a
+        multiple of 10 KiB: a changed source often gives a shard of the same name and size, and
+        trusting the size alone kept stale shards beside new ones (#17 item 6)."""
+        if self.existing.get(name) != len(data):
+            return False
+        return bool(self.item.get("trusted")) or storage.read_bytes(storage.join(self.cfg.dst, name)) == data
 
     def run(self, path: str) -> list[tuple[int, int]]:
         """Decode once: detect shots, cut clips [a, a + L) at a stride, never across a cut and
@@ -301,7 +313,13 @@ def _result(item: dict, status: str, **values) -> dict:
 
 
 def process_video(item: dict, cfg: ShardConfig) -> dict:
-    """Shards + manifest part for one video; never raises for a bad video (the row says why)."""
+    """Shards + manifest part for one video, temp files in the run's folder (`item["tmpdir"]`);
+    never raises for a bad video (the row says why)."""
+    with storage.task_tempdir(item.get("tmpdir", "")):
+        return _process_video(item, cfg)
+
+
+def _process_video(item: dict, cfg: ShardConfig) -> dict:
     start = time.perf_counter()
     existing = json.loads(item.get("existing") or "{}")
     run, stage, path = None, "download", None
@@ -317,6 +335,7 @@ def process_video(item: dict, cfg: ShardConfig) -> dict:
         note = "" if run.rows else no_clips_reason(cfg, shots)
         part = {"version": FORMAT_VERSION, "video": {
             "url": item["url"], "relpath": item["relpath"], "video_key": run.vkey, "frames": info.frames,
+            "source_version": item["source_version"],
             "fps": info.fps, "width": info.width, "height": info.height, "shots": [list(s) for s in shots],
             "shards": run.shards, "note": note}, "clips": run.rows}
         storage.write_text(storage.join(cfg.dst, "parts", f"{run.vkey}.json"), json.dumps(part))
@@ -371,29 +390,28 @@ def _run(items: list[dict], cfg: ShardConfig, on_row) -> None:
 
 
 def build_shards(cfg: ShardConfig) -> dict:
-    """Build (or complete) the shards of every video under cfg.src; returns the summary."""
-    start = time.perf_counter()
+    """Build (or complete) the shards of every video under cfg.src; returns the summary. Temp
+    files live in a run folder removed at the end; a killed run's (and its dst `.part` files) go first."""
     check_paths(cfg)
     storage.makedirs(cfg.dst)
     _check_settings(cfg)
+    with storage.run_tempdir() as tmpdir:
+        storage.remove_stale_parts(cfg.dst)
+        try:
+            return _build(cfg, tmpdir)
+        finally:                          # after our tasks: what a killed run's worker wrote late
+            storage.remove_stale_parts(cfg.dst)
 
-    # 1. What is there, what is done (a part whose shards all exist at their recorded sizes).
-    urls, unreadable = list_entries(cfg.src, cfg.extensions)
+
+def _build(cfg: ShardConfig, tmpdir: str) -> dict:
+    start = time.perf_counter()
+
+    # 1. What is there, what is done (see `plan_videos`).
+    versions, unreadable = list_entries(cfg.src, cfg.extensions)
+    urls = list(versions)
     one_file = urls == [cfg.src] or (not urls and list(unreadable) == [storage.filesystem(cfg.src)[1]])
     base = os.path.dirname(cfg.src) if one_file else cfg.src
-    shards_now = {f"shards/{n}": s for n, s in _listing(storage.join(cfg.dst, "shards")).items()}
-    parts = read_parts(cfg.dst)
-    done = {k for k, p in parts.items() if all(shards_now.get(s["name"]) == s["bytes"] for s in p["video"]["shards"])}
-    items, skipped = [], 0
-    for url in urls:
-        rel = storage.relative_to(url, base)
-        key = video_key(rel)
-        if key in done:
-            skipped += 1
-            continue
-        mine = re.compile(rf"shards/{re.escape(key)}-\d{{4}}\.tar$")
-        existing = {n: s for n, s in shards_now.items() if mine.match(n)}
-        items.append({"url": url, "relpath": rel, "video_key": key, "existing": json.dumps(existing)})
+    items, skipped = plan_videos(cfg.dst, versions, base, video_key, tmpdir)
     if cfg.max_videos >= 0:
         items = items[:cfg.max_videos]
     print(f"[build_shards] {len(urls)} videos under {cfg.src}: {skipped} done before, {len(items)} to process, "
@@ -421,6 +439,8 @@ def build_shards(cfg: ShardConfig) -> dict:
 
     # 3. The manifest from the parts (what the tars hold), the failures of this run.
     parts = read_parts(cfg.dst)
+    if items:
+        remove_orphan_shards(cfg.dst, parts)
     rows = sorted((r for p in parts.values() for r in p["clips"]), key=lambda r: (r["shard"], r["index"]))
     manifest_changed = _write_if_changed(storage.join(cfg.dst, "manifest.parquet"), _parquet(rows, MANIFEST_COLUMNS))
     failed = [r for r in results if r["status"] == "failed"]
@@ -451,10 +471,5 @@ def build_shards(cfg: ShardConfig) -> dict:
                                                                  "write")},
         "dst": cfg.dst,
     }
-    print(f"[build_shards] done: {summary['videos']} videos ({summary['videos_processed']} processed, "
-          f"{summary['videos_skipped']} skipped, {summary['videos_failed']} failed), {summary['shots']} shots, "
-          f"{summary['clips']} clips, {summary['shards']} shards ({summary['shards_written']} written), "
-          f"{summary['bytes'] / 1e6:.1f} MB ({summary['bytes_written'] / 1e6:.1f} MB written), "
-          f"{summary['failures']} failures, {summary['videos_without_clips']} videos with 0 clips (see "
-          f"'no_clips'), {summary['clips_per_s']:.1f} clips/s in {seconds:.1f} s", flush=True)
+    print_summary(summary)
     return summary

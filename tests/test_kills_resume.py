@@ -1,0 +1,183 @@
+"""#17 items 5 and 6: what killed runs leave is cleaned by the next run, and resume is keyed
+on the source's content identity (size + mtime, or S3 ETag), not its size alone."""
+from __future__ import annotations
+
+import dataclasses
+import glob
+import json
+import os
+import signal
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+
+import cv2
+import numpy as np
+import pandas as pd
+import pytest
+
+from pipelines.common import storage, video
+from pipelines.data.shards import InjectedFault, ShardConfig, build_shards, video_key
+from tests.media import textured_frames
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture()
+def tmpdir_root(monkeypatch):
+    """A short, private system temp dir for this process and its job subprocesses (TMPDIR),
+    so that what a run leaves "in /tmp" can be listed; Ray keeps its own in /tmp."""
+    root = tempfile.mkdtemp(prefix="d2vr-t-", dir="/tmp")
+    monkeypatch.setattr(tempfile, "tempdir", root)
+    yield root
+    subprocess.run(["rm", "-rf", root], check=False)
+
+
+def job_env(tmp: str) -> dict:
+    return {**os.environ, "TMPDIR": tmp, "RAY_TMPDIR": "/tmp", "OMP_NUM_THREADS": "1", "PYTHONPATH": REPO}
+
+
+def parts_under(root: str) -> list[str]:
+    return sorted(os.path.relpath(p, root) for p in glob.glob(f"{root}/**/.*.part", recursive=True))
+
+
+def wait_for(proc: subprocess.Popen, out_path: str, text: str, timeout: float) -> str:
+    """Poll the job's stdout file until `text` appears; fail if it exits or times out first."""
+    end = time.time() + timeout
+    while time.time() < end:
+        with open(out_path) as f:
+            out = f.read()
+        if text in out:
+            return out
+        assert proc.poll() is None, f"the job ended (rc {proc.returncode}) before {text!r}:\n{out[-3000:]}"
+        time.sleep(0.1)
+    proc.kill()
+    raise AssertionError(f"no {text!r} within {timeout} s")
+
+
+def flat_video(path: str, colour, n: int, size: int = 32, codec: str = "libx264") -> None:
+    """A lightly textured video of one colour: two colours give shards of the same size."""
+    frames = np.clip(textured_frames(n, size, size, seed=3).astype(np.int16) // 8 + np.array(colour), 0, 255)
+    video.write_video(path, frames.astype(np.uint8), fps=25, crf=0, preset="ultrafast", codec=codec)
+
+
+def bump_mtime(path: str) -> None:
+    st = os.stat(path)
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 5_000_000_000))
+
+
+# ------------------------------------------------------------------ item 5: leftovers, kills
+def test_stale_part_sweep_removes_only_our_temporaries(tmp_path):
+    dst = tmp_path / "dst"
+    (dst / "shards").mkdir(parents=True)
+    with storage.atomic_write(str(dst / "shards" / "v-0000.tar")) as f:      # the real naming
+        f.write(b"x")
+        (ours,) = [n for n in os.listdir(dst / "shards") if n.endswith(".part")]
+    keep = [".notes.part", "v.tar.abcd1234.part", ".v.tar.ABCD1234.part", ".v.tar.abc.part", "x.part"]
+    for name in keep:
+        (dst / "shards" / name).write_text("user file")
+    stale = [dst / "shards" / ours, dst / ".manifest.parquet.k2j_x9q0.part", dst / "shards" / ".v-0001.tar.0a1b2c3d.part"]
+    for path in stale:
+        path.write_text("left by a killed writer")
+    removed = storage.remove_stale_parts(str(dst))
+    assert sorted(removed) == sorted(map(str, stale))
+    assert sorted(os.listdir(dst / "shards")) == sorted(keep + ["v-0000.tar"])
+
+
+def test_run_folder_is_swept_once_its_holder_is_killed(tmpdir_root):
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time; from pipelines.common import storage\n"
+        "with storage.run_tempdir() as d:\n"
+        "    open(d + '/d2vr-enc-x.mp4', 'wb').write(b'0' * 1000); print(d, flush=True); time.sleep(60)")],
+        cwd=REPO, env=job_env(tmpdir_root), stdout=subprocess.PIPE, text=True)
+    folder = holder.stdout.readline().strip()
+    assert folder.startswith(os.path.join(tmpdir_root, "d2vr-run-")) and os.path.isdir(folder)
+    with storage.run_tempdir() as mine:               # a live run's folder is never swept
+        assert os.path.isdir(folder) and storage.temp_root() == mine
+        with video.VideoWriter(os.path.join(mine, "..", "out.mp4"), fps=25) as w:   # encodes go in it
+            assert w._tmp.startswith(mine + "/")
+            w.write(np.zeros((16, 16, 3), np.uint8))
+    assert not os.path.exists(mine) and storage.temp_root() == tmpdir_root
+    holder.send_signal(signal.SIGKILL)
+    holder.wait()
+    assert os.path.isdir(folder)                      # a SIGKILL runs no cleanup ...
+    with storage.run_tempdir():                       # ... the next run removes it
+        assert not os.path.exists(folder)
+    assert sorted(os.listdir(tmpdir_root)) == ["out.mp4"]
+
+
+def test_build_shards_sigkill_then_rerun_cleans_and_completes(tmp_path, tmpdir_root):
+    """SIGKILL a real build mid-run; plant the `.part` a late Ray worker leaves (#17: one kill in
+    five); the re-run removes both, finishes, and equals a clean build."""
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(4):
+        flat_video(str(src / f"v{i}.mp4"), (40 * i, 100, 200 - 40 * i), n=24, size=48)
+    job = [sys.executable, "jobs/build_shards.py", "--src", str(src), "--dst", str(tmp_path / "dst"), "--no-use-ray",
+           "--clip-len", "4", "--stride", "4", "--size", "32", "--shard-mb", "0.02"]
+    with open(tmp_path / "out.txt", "w") as out:
+        proc = subprocess.Popen(job, cwd=REPO, env=job_env(tmpdir_root), stdout=out, stderr=subprocess.STDOUT)
+    wait_for(proc, str(tmp_path / "out.txt"), "[build_shards] 1/4", timeout=60)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    left = [n for n in os.listdir(tmpdir_root) if n.startswith("d2vr-run-")]
+    assert len(left) == 1                             # the killed run's folder, still there
+    late = tmp_path / "dst" / "shards" / f".{video_key('v3.mp4')}-0000.tar.q1w2e3r4.part"
+    late.write_bytes(b"half a shard")
+    rerun = build_shards(ShardConfig(src=str(src), dst=str(tmp_path / "dst"), use_ray=False, progress=False,
+                                     clip_len=4, stride=4, size=32, shard_mb=0.02))
+    assert rerun["videos_skipped"] >= 1 and rerun["videos_skipped"] + rerun["videos_processed"] == 4
+    assert os.listdir(tmpdir_root) == [] and parts_under(str(tmp_path / "dst")) == []
+    clean = build_shards(ShardConfig(src=str(src), dst=str(tmp_path / "clean"), use_ray=False, progress=False,
+                                     clip_len=4, stride=4, size=32, shard_mb=0.02))
+    assert sorted(os.listdir(tmp_path / "dst" / "shards")) == sorted(os.listdir(tmp_path / "clean" / "shards"))
+    pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "dst" / "manifest.parquet"),
+                                  pd.read_parquet(tmp_path / "clean" / "manifest.parquet"))
+    assert clean["clips"] == rerun["clips"] > 8
+
+
+# ------------------------------------------------------------------ item 6: resume identity
+def shard_colours(dst: str) -> dict[str, list[str]]:
+    """{shard name: the dominant channel ('r'/'b') of each frame in it}."""
+    out = {}
+    for path in sorted(glob.glob(f"{dst}/shards/*.tar")):
+        with tarfile.open(path) as tar:
+            names = [m for m in tar.getmembers() if m.name.endswith(".jpg")]
+            frames = [cv2.imdecode(np.frombuffer(tar.extractfile(m).read(), np.uint8), cv2.IMREAD_COLOR) for m in names]
+        out[os.path.basename(path)] = ["r" if f[..., 2].mean() > f[..., 0].mean() else "b" for f in frames]
+    return out
+
+
+def test_changed_source_is_rebuilt_without_stale_shards(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    path, dst = str(src / "v.mp4"), str(tmp_path / "dst")
+    cfg = ShardConfig(src=str(src), dst=dst, use_ray=False, progress=False, clip_len=4, stride=4, size=32,
+                      shard_mb=0.02)
+
+    # 1. Interrupted after one shard; the source then changes (same length: same shard sizes).
+    flat_video(path, (220, 60, 40), n=32)
+    with pytest.raises(InjectedFault):
+        build_shards(dataclasses.replace(cfg, fail_after_shards=1))
+    assert set(shard_colours(dst)) == {f"{video_key('v.mp4')}-0000.tar"}
+    flat_video(path, (40, 60, 220), n=32)
+    bump_mtime(path)
+    resumed = build_shards(cfg)
+    colours = shard_colours(dst)
+    assert resumed["videos_processed"] == 1 and len(colours) >= 3
+    assert {c for cs in colours.values() for c in cs} == {"b"}, colours      # not one red shard kept
+    part = json.loads(storage.read_text(os.path.join(dst, "parts", f"{video_key('v.mp4')}.json")))
+    assert part["video"]["source_version"] == storage.source_version(path)
+
+    # 2. A finished video whose source changed (shorter): rebuilt, its old extra shards gone.
+    flat_video(path, (220, 60, 40), n=16)
+    bump_mtime(path)
+    again = build_shards(cfg)
+    colours = shard_colours(dst)
+    assert again["videos_processed"] == 1 and again["videos_skipped"] == 0
+    assert {c for cs in colours.values() for c in cs} == {"r"} and len(colours) == again["shards"] < 3
+    manifest = pd.read_parquet(os.path.join(dst, "manifest.parquet"))
+    assert len(manifest) == again["clips"] == 4 and set(manifest["shard"]) == {f"shards/{n}" for n in colours}
+    assert build_shards(cfg)["videos_skipped"] == 1                          # unchanged now: skipped
