@@ -2,7 +2,8 @@
 --src s3://bucket/raw --dst s3://bucket/shards [--clip-len 16 --stride 16 --size 256 --shard-mb 256]`.
 
 Also runs as a plain script on a local Ray (`python jobs/build_shards.py --src videos/ --dst runs/shards`).
-Re-running resumes: finished videos are skipped, new ones add new shards. See
+Re-running resumes: finished videos are skipped, new ones add new shards, one whose source changed
+(size + mtime, or S3 ETag) is rebuilt, and what a killed run left (temp files, `.part` files) goes. See
 `pipelines/data/shards.py` for the layout and the guarantees.
 """
 from __future__ import annotations

@@ -6,8 +6,10 @@
 
 Every input video under --src (a folder or an s3:// prefix) gets a restored video at the same
 relative path under --dst, with the same fps, frame count and audio; a manifest
-(<dst>/manifest.parquet) gets one row per input. A re-run skips complete outputs. The work
-is `pipelines.restore.archive.restore_archive`; this script only parses flags.
+(<dst>/manifest.parquet) gets one row per input. A re-run skips complete outputs of unchanged
+inputs (size + mtime, or S3 ETag) and removes what a killed run left; SIGTERM stops the run,
+writes the manifest and exits 143. The work is `pipelines.restore.archive.restore_archive`;
+this script only parses flags.
 """
 from __future__ import annotations
 
@@ -17,14 +19,18 @@ import sys
 import _bootstrap  # noqa: F401  (repo root on sys.path)
 
 from pipelines.common import cli
-from pipelines.restore.archive import restore_archive
+from pipelines.restore.archive import Terminated, restore_archive
 from pipelines.restore.config import RestoreConfig
 
 
 def main(argv=None) -> int:
     cfg = cli.parse(RestoreConfig, argv, description=__doc__)
-    with cli.usage_errors():
-        summary = restore_archive(cfg)
+    try:
+        with cli.usage_errors():
+            summary = restore_archive(cfg)
+    except Terminated as stop:                      # SIGTERM: the manifest is written; 128 + 15
+        print(f"{os.path.basename(sys.argv[0])}: {stop}; a re-run resumes", file=sys.stderr, flush=True)
+        return 143
     tried = [r for r in summary["rows"] if r["output"]]          # not the entries refused at listing
     not_input = [r for r in tried if r["status"] == "failed" and r["error_kind"] != "input"]
     if tried and summary["restored"] == 0 and not_input:        # the setup failed, not the archive

@@ -67,7 +67,7 @@ def test_restore_never_writes_outside_dst(tmp_path, monkeypatch):
     evil = f"{src}/a/../../../escaped.mp4"        # what an S3 listing can return; no local fs holds it
     listing = {str(src / "ok.mp4"): os.path.getsize(src / "ok.mp4"), evil: os.path.getsize(src / "ok.mp4")}
     real_list_files = storage.list_files
-    monkeypatch.setattr(storage, "list_inputs", lambda root: (dict(listing), {}), raising=False)
+    monkeypatch.setattr(storage, "list_sources", lambda root: ({u: (n, f"size={n}") for u, n in listing.items()}, {}))
     monkeypatch.setattr(storage, "list_files",
                         lambda root: dict(listing) if str(root) == str(src) else real_list_files(root))
     os.makedirs(f"{src}/a", exist_ok=True)          # so that the path resolves locally too

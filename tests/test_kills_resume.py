@@ -1,5 +1,6 @@
-"""#17 items 5 and 6: what killed runs leave is cleaned by the next run, and resume is keyed
-on the source's content identity (size + mtime, or S3 ETag), not its size alone."""
+"""#17 items 5 and 6: what killed runs leave is cleaned by the next run, SIGTERM of restore
+writes the manifest and exits 143, and resume is keyed on the source's content identity
+(size + mtime, or S3 ETag), not its size alone."""
 from __future__ import annotations
 
 import dataclasses
@@ -20,6 +21,9 @@ import pytest
 
 from pipelines.common import storage, video
 from pipelines.data.shards import InjectedFault, ShardConfig, build_shards, video_key
+from pipelines.restore.archive import restore_archive
+from pipelines.restore.config import RestoreConfig
+from pipelines.restore.manifest import read_manifest
 from tests.media import textured_frames
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -52,7 +56,7 @@ def wait_for(proc: subprocess.Popen, out_path: str, text: str, timeout: float) -
         if text in out:
             return out
         assert proc.poll() is None, f"the job ended (rc {proc.returncode}) before {text!r}:\n{out[-3000:]}"
-        time.sleep(0.1)
+        time.sleep(0.02)
     proc.kill()
     raise AssertionError(f"no {text!r} within {timeout} s")
 
@@ -78,7 +82,8 @@ def test_stale_part_sweep_removes_only_our_temporaries(tmp_path):
     keep = [".notes.part", "v.tar.abcd1234.part", ".v.tar.ABCD1234.part", ".v.tar.abc.part", "x.part"]
     for name in keep:
         (dst / "shards" / name).write_text("user file")
-    stale = [dst / "shards" / ours, dst / ".manifest.parquet.k2j_x9q0.part", dst / "shards" / ".v-0001.tar.0a1b2c3d.part"]
+    stale = [dst / "shards" / ours, dst / ".manifest.parquet.k2j_x9q0.part",
+             dst / "shards" / ".v-0001.tar.0a1b2c3d.part"]
     for path in stale:
         path.write_text("left by a killed writer")
     removed = storage.remove_stale_parts(str(dst))
@@ -113,13 +118,13 @@ def test_build_shards_sigkill_then_rerun_cleans_and_completes(tmp_path, tmpdir_r
     five); the re-run removes both, finishes, and equals a clean build."""
     src = tmp_path / "src"
     src.mkdir()
-    for i in range(4):
-        flat_video(str(src / f"v{i}.mp4"), (40 * i, 100, 200 - 40 * i), n=24, size=48)
+    for i in range(6):
+        flat_video(str(src / f"v{i}.mp4"), (40 * i, 100, 200 - 30 * i), n=48, size=48)
     job = [sys.executable, "jobs/build_shards.py", "--src", str(src), "--dst", str(tmp_path / "dst"), "--no-use-ray",
            "--clip-len", "4", "--stride", "4", "--size", "32", "--shard-mb", "0.02"]
     with open(tmp_path / "out.txt", "w") as out:
         proc = subprocess.Popen(job, cwd=REPO, env=job_env(tmpdir_root), stdout=out, stderr=subprocess.STDOUT)
-    wait_for(proc, str(tmp_path / "out.txt"), "[build_shards] 1/4", timeout=60)
+    wait_for(proc, str(tmp_path / "out.txt"), "[build_shards] 1/6", timeout=60)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     left = [n for n in os.listdir(tmpdir_root) if n.startswith("d2vr-run-")]
@@ -128,7 +133,7 @@ def test_build_shards_sigkill_then_rerun_cleans_and_completes(tmp_path, tmpdir_r
     late.write_bytes(b"half a shard")
     rerun = build_shards(ShardConfig(src=str(src), dst=str(tmp_path / "dst"), use_ray=False, progress=False,
                                      clip_len=4, stride=4, size=32, shard_mb=0.02))
-    assert rerun["videos_skipped"] >= 1 and rerun["videos_skipped"] + rerun["videos_processed"] == 4
+    assert rerun["videos_skipped"] >= 1 and rerun["videos_skipped"] + rerun["videos_processed"] == 6
     assert os.listdir(tmpdir_root) == [] and parts_under(str(tmp_path / "dst")) == []
     clean = build_shards(ShardConfig(src=str(src), dst=str(tmp_path / "clean"), use_ray=False, progress=False,
                                      clip_len=4, stride=4, size=32, shard_mb=0.02))
@@ -136,6 +141,37 @@ def test_build_shards_sigkill_then_rerun_cleans_and_completes(tmp_path, tmpdir_r
     pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "dst" / "manifest.parquet"),
                                   pd.read_parquet(tmp_path / "clean" / "manifest.parquet"))
     assert clean["clips"] == rerun["clips"] > 8
+
+
+@pytest.mark.slow
+def test_restore_sigterm_writes_the_manifest_and_exits_143(tmp_path, tmpdir_root):
+    """SIGTERM of a real restore on Ray (exit 134 and no manifest before): one line, exit
+    143, the finished videos in the manifest, no run folder or `.part` left; a re-run resumes."""
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    src.mkdir()
+    for i in range(8):
+        flat_video(str(src / f"v{i}.mp4"), (30 * i, 90, 220 - 25 * i), n=40, size=64)
+    job = [sys.executable, "jobs/restore.py", "--src", str(src), "--dst", str(dst), "--model", "bicubic",
+           "--tile", "0", "--ray-address", "local", "--concurrency", "1", "--num-cpus", "1", "--preset", "slow"]
+    with open(tmp_path / "out.txt", "w") as out, open(tmp_path / "err.txt", "w") as err:
+        proc = subprocess.Popen(job, cwd=REPO, env=job_env(tmpdir_root), stdout=out, stderr=err)
+    wait_for(proc, str(tmp_path / "out.txt"), "[restore] done", timeout=120)
+    proc.send_signal(signal.SIGTERM)
+    rc = proc.wait(timeout=60)
+    stderr = (tmp_path / "err.txt").read_text()
+    assert rc == 143, stderr[-3000:]
+    last = [line for line in stderr.splitlines() if "restore.py" in line]
+    assert last and "terminated by SIGTERM" in last[-1] and "manifest" in last[-1], stderr[-3000:]
+    assert "Traceback" not in stderr, stderr[-3000:]
+    rows = read_manifest(str(dst / "manifest.parquet"))
+    done = {r["relpath"] for r in rows.values() if r["status"] == "done"}
+    assert 1 <= len(done) < 8 and all(r["status"] == "done" for r in rows.values())
+    time.sleep(2)                                     # the actor's process ends after the driver
+    assert [n for n in os.listdir(tmpdir_root) if n.startswith("d2vr-")] == []
+    assert parts_under(str(dst)) == []
+    again = restore_archive(RestoreConfig(src=str(src), dst=str(dst), ray=False, tile=0, preset="ultrafast"))
+    assert again["skipped"] >= len(done) and again["skipped"] + again["restored"] == 8
+    assert len(read_manifest(str(dst / "manifest.parquet"))) == 8
 
 
 # ------------------------------------------------------------------ item 6: resume identity
@@ -181,3 +217,49 @@ def test_changed_source_is_rebuilt_without_stale_shards(tmp_path):
     manifest = pd.read_parquet(os.path.join(dst, "manifest.parquet"))
     assert len(manifest) == again["clips"] == 4 and set(manifest["shard"]) == {f"shards/{n}" for n in colours}
     assert build_shards(cfg)["videos_skipped"] == 1                          # unchanged now: skipped
+
+
+def first_frame_mean(path: str) -> np.ndarray:
+    return next(video.iter_frames(path)).reshape(-1, 3).mean(0)
+
+
+def test_changed_input_of_the_same_size_is_restored_again(tmp_path):
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    src.mkdir()
+    path, out = str(src / "v.mkv"), str(dst / "v.mkv")
+    cfg = RestoreConfig(src=str(src), dst=str(dst), ray=False, tile=0, preset="ultrafast", codec="libx264")
+    flat_video(path, (220, 60, 40), n=4, codec="rawvideo")
+    size = os.path.getsize(path)
+    assert restore_archive(cfg)["restored"] == 1 and first_frame_mean(out)[0] > 150
+    flat_video(path, (40, 60, 220), n=4, codec="rawvideo")               # same size, other content
+    bump_mtime(path)
+    assert os.path.getsize(path) == size
+    again = restore_archive(cfg)
+    assert (again["restored"], again["skipped"]) == (1, 0) and first_frame_mean(out)[2] > 150
+    (row,) = read_manifest(str(dst / "manifest.parquet")).values()
+    assert row["source_version"] == storage.source_version(path)
+    assert json.loads(storage.read_text(out + ".done"))["source_version"] == row["source_version"]
+    assert restore_archive(cfg)["skipped"] == 1
+
+    # The input is replaced by garbage of the same size: a failed row, and no stale output left.
+    with open(path, "r+b") as f:
+        f.write(os.urandom(size))
+    bump_mtime(path)
+    broken = restore_archive(cfg)
+    assert broken["failed"] == 1 and not os.path.exists(out) and not os.path.exists(out + ".done")
+
+
+def test_changed_s3_input_is_restored_again(s3_bucket, tmp_path):
+    """On S3 the identity is the ETag: a same-size object with new content is redone."""
+    src, dst = f"{s3_bucket}/src", str(tmp_path / "dst")
+    local = str(tmp_path / "v.mkv")
+    cfg = RestoreConfig(src=src, dst=dst, ray=False, tile=0, preset="ultrafast")
+    flat_video(local, (220, 60, 40), n=3, codec="rawvideo")
+    storage.upload_file(local, storage.join(src, "v.mkv"))
+    assert restore_archive(cfg)["restored"] == 1
+    flat_video(local, (40, 60, 220), n=3, codec="rawvideo")
+    storage.upload_file(local, storage.join(src, "v.mkv"))
+    again = restore_archive(cfg)
+    assert (again["restored"], again["skipped"]) == (1, 0) and first_frame_mean(f"{dst}/v.mkv")[2] > 150
+    (row,) = read_manifest(f"{dst}/manifest.parquet").values()
+    assert "etag=" in row["source_version"] and restore_archive(cfg)["skipped"] == 1

@@ -412,7 +412,7 @@ def sweep_stale_runs(parent: str | None = None) -> list[str]:
     for name in sorted(os.listdir(parent)):
         folder = os.path.join(parent, name)
         if name.startswith(RUN_PREFIX) and os.path.isdir(folder) and not os.path.islink(folder):
-            with contextlib.suppress(FileNotFoundError):
+            with contextlib.suppress(OSError):        # gone meanwhile, or another user's
                 if _unused(folder):
                     shutil.rmtree(folder, ignore_errors=True)
                     removed.append(folder)

@@ -4,10 +4,12 @@
 
 1. List the inputs (video extensions under `cfg.src`, sizes from one listing) and the
    outputs already under `cfg.dst`; read the manifest of earlier runs.
-2. Skip what is complete: the output exists, its size and the input's size match a `done`
-   manifest row or the `<output>.done` marker written after it. Inputs that failed as
-   unreadable (corrupt, empty, truncated) are not retried unless `--retry-failed` or the
-   input changed; other failures (out of memory, S3 errors) are retried.
+2. Skip what is complete: the output exists, its size and the input's size and content
+   identity (size + mtime, or S3 ETag) match a `done` manifest row or the `<output>.done`
+   marker written after it; an input that changed is restored again, its old output
+   removed first. Inputs that failed as unreadable (corrupt, empty, truncated) are not
+   retried unless `--retry-failed` or the input changed; other failures (out of memory, S3
+   errors) are retried.
 3. Restore the rest, one video per task, on Ray Data actors that load the model once
    (`map_batches` with a callable class on an `ActorPoolStrategy(size=N)`, `batch_size=1`,
    `num_gpus` per actor) or in this process (`--no-ray`). Inside a task (`restore_video`),
@@ -17,6 +19,10 @@
    then the marker. Any error becomes a `failed` row: one bad video never stops the job.
 4. Merge the rows into the manifest (parquet, atomic, one row per input, keyed by the
    input URL), print progress (frames/s, ETA) while running and a summary line at the end.
+5. Kills: every temporary file (downloads, encodes, upload spools) lives in one run folder,
+   removed at the end; a run first removes what a killed one left (its run folder, `.part`
+   files under dst). SIGTERM stops the run at once (videos in flight are abandoned: no
+   output appears for them) and the manifest is written; the job exits 143.
 
 Why one row = one video and no chunking: the recurrent state must see the frames of a
 shot in order, and Ray Data gives no order across blocks, so a task decodes its video
@@ -31,7 +37,9 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
+import threading
 import time
 from collections.abc import Iterator
 
@@ -45,7 +53,7 @@ from pipelines.restore.config import RestoreConfig
 from pipelines.restore.manifest import manifest_url, plan, read_manifest, write_manifest
 from pipelines.restore.progress import Progress, ThrottledProgress, printing, progress_line
 from pipelines.restore.restorers import device_for, load_restorer
-from pipelines.restore.stream import empty_row, now_utc, restore_video
+from pipelines.restore.stream import DONE_SUFFIX, empty_row, now_utc, restore_video
 
 
 # --------------------------------------------------------------------------- executors
@@ -54,17 +62,20 @@ from pipelines.restore.stream import empty_row, now_utc, restore_video
 class RestoreWorker:
     """Ray Data callable class (one per actor): loads the model once, restores one video per row."""
 
-    def __init__(self, cfg: RestoreConfig, progress=None):
+    def __init__(self, cfg: RestoreConfig, progress=None, tmpdir: str = ""):
         torch.set_num_threads(max(1, round(cfg.num_cpus)))
-        self.cfg, self.device = cfg, device_for(cfg)
-        self.restorer = load_restorer(cfg, self.device)
+        self.cfg, self.device, self.tmpdir = cfg, device_for(cfg), tmpdir
+        with storage.task_tempdir(tmpdir):             # an s3:// model is downloaded there
+            self.restorer = load_restorer(cfg, self.device)
         self.progress = ThrottledProgress(progress) if progress is not None else None
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list]:
-        rows = [restore_video(str(batch["source"][i]), str(batch["output"][i]), self.restorer, self.cfg,
-                              relpath=str(batch["relpath"][i]), source_size=int(batch["source_size"][i]),
-                              device=self.device, progress=self.progress)
-                for i in range(len(batch["source"]))]
+        with storage.task_tempdir(self.tmpdir):        # downloads, encodes: the run's folder
+            rows = [restore_video(str(batch["source"][i]), str(batch["output"][i]), self.restorer, self.cfg,
+                                  relpath=str(batch["relpath"][i]), source_size=int(batch["source_size"][i]),
+                                  device=self.device, progress=self.progress,
+                                  source_version=str(batch["source_version"][i]))
+                    for i in range(len(batch["source"]))]
         return {k: [r[k] for r in rows] for k in rows[0]}
 
 
@@ -78,7 +89,8 @@ def _run_local(cfg: RestoreConfig, todo: list[dict], progress: Progress) -> Iter
     restorer = load_restorer(cfg, device)
     for item in todo:
         yield restore_video(item["source"], item["output"], restorer, cfg, relpath=item["relpath"],
-                            source_size=item["source_size"], device=device, progress=progress)
+                            source_size=item["source_size"], device=device, progress=progress,
+                            source_version=item["source_version"])
 
 
 def _ensure_ray(cfg: RestoreConfig):
@@ -92,7 +104,7 @@ def _ensure_ray(cfg: RestoreConfig):
     return ray
 
 
-def _run_ray(cfg: RestoreConfig, todo: list[dict], progress_actor) -> Iterator[dict]:
+def _run_ray(cfg: RestoreConfig, todo: list[dict], progress_actor, tmpdir: str) -> Iterator[dict]:
     """Ray Data: one block per video, at most one in flight per actor (no queue behind a long
     video). An actor that dies (OOM kill, segfault) is restarted and its video retried
     `max_retries` times; a video that still kills it gets a `failed` row (error_kind
@@ -101,7 +113,8 @@ def _run_ray(cfg: RestoreConfig, todo: list[dict], progress_actor) -> Iterator[d
     ctx = ray.data.DataContext.get_current()
     saved, ctx.max_errored_blocks = ctx.max_errored_blocks, len(todo)   # a crashed video: a row, not fatal
     ds = ray.data.from_items(todo, override_num_blocks=len(todo))
-    ds = ds.map_batches(RestoreWorker, fn_constructor_kwargs={"cfg": cfg, "progress": progress_actor},
+    ds = ds.map_batches(RestoreWorker,
+                        fn_constructor_kwargs={"cfg": cfg, "progress": progress_actor, "tmpdir": tmpdir},
                         batch_size=1, num_cpus=cfg.num_cpus, num_gpus=cfg.num_gpus or None,
                         compute=ray.data.ActorPoolStrategy(size=min(cfg.concurrency, len(todo)),
                                                            max_tasks_in_flight_per_actor=1),
@@ -118,7 +131,8 @@ def _run_ray(cfg: RestoreConfig, todo: list[dict], progress_actor) -> Iterator[d
         ctx.max_errored_blocks = saved
     for item in todo:
         if item["source"] not in seen:
-            row = empty_row(item["source"], item["output"], item["relpath"], item["source_size"], cfg.model)
+            row = empty_row(item["source"], item["output"], item["relpath"], item["source_size"], cfg.model,
+                            item["source_version"])
             row.update(error=f"the worker died restoring this video ({cfg.max_retries + 1} attempts)",
                        error_kind="crash", finished_at=now_utc(), worker="")
             yield row
@@ -196,7 +210,7 @@ def check_encoder(cfg: RestoreConfig) -> None:
         raise UsageError(f"{what}: {cfg.codec} does not open with it ({said or error.__class__.__name__})")
     if cfg.container:
         ext = cfg.container.lstrip(".")
-        with tempfile.TemporaryDirectory(prefix="d2vr-check-") as tmp:
+        with tempfile.TemporaryDirectory(prefix="d2vr-check-", dir=storage.temp_root()) as tmp:
             try:
                 with av.open(os.path.join(tmp, f"probe.{ext}"), "w") as out:
                     out.add_stream(cfg.codec, rate=25)
@@ -205,8 +219,51 @@ def check_encoder(cfg: RestoreConfig) -> None:
                                  f"{cfg.codec} ({exc.__class__.__name__})") from None
 
 
+class Terminated(BaseException):
+    """SIGTERM reached the job: it stops taking videos, abandons those in flight (their
+    partial encodes are in the run folder, removed on exit) and writes the manifest. A
+    BaseException, so that a video's own `except Exception` does not take it for its failure."""
+
+    def __init__(self, done: int = 0, manifest: str = ""):
+        super().__init__(f"terminated by SIGTERM: {done} videos finished this run, manifest {manifest or '-'}")
+        self.done, self.manifest = done, manifest
+
+
+class _SigtermGuard:
+    """While a restore runs (main thread only), SIGTERM raises `Terminated` instead of Ray's
+    handler aborting the process (exit 134, no manifest). `install` again after `ray.init`,
+    which sets its own; a second SIGTERM gets the handler we displaced."""
+
+    def __init__(self):
+        self.previous, self.active = None, threading.current_thread() is threading.main_thread()
+
+    def _handler(self, signum, frame):
+        signal.signal(signal.SIGTERM, self.previous if self.previous is not None else signal.SIG_DFL)
+        raise Terminated()
+
+    def install(self) -> None:
+        if self.active and signal.getsignal(signal.SIGTERM) != self._handler:
+            self.previous = signal.signal(signal.SIGTERM, self._handler)
+
+    def restore(self) -> None:
+        if self.active and signal.getsignal(signal.SIGTERM) == self._handler:
+            signal.signal(signal.SIGTERM, self.previous if self.previous is not None else signal.SIG_DFL)
+
+
 def restore_archive(cfg: RestoreConfig) -> dict:
-    """Restore every video under cfg.src that has no complete output under cfg.dst; see module doc."""
+    """Restore every video under cfg.src that has no complete output under cfg.dst; see module
+    doc. Temporary files live in a run folder removed at the end (a killed run's, and the
+    `.part` files it left in dst, go first); SIGTERM raises `Terminated` once the manifest is written."""
+    guard = _SigtermGuard()
+    guard.install()
+    try:
+        with storage.run_tempdir() as tmpdir:
+            return _restore_archive(cfg, tmpdir, guard)
+    finally:
+        guard.restore()
+
+
+def _restore_archive(cfg: RestoreConfig, tmpdir: str, guard: _SigtermGuard) -> dict:
     t0 = time.time()
     check_encoder(cfg)
     _check_device(cfg)
@@ -215,6 +272,11 @@ def restore_archive(cfg: RestoreConfig) -> dict:
     todo, skipped, rejected = plan(cfg, rows)
     if todo:
         _check_model(cfg)
+    storage.remove_stale_parts(cfg.dst)
+    for item in todo:                     # its input changed: the old output must not outlive a failure
+        if item.pop("stale"):
+            storage.remove(item["output"] + DONE_SUFFIX)
+            storage.remove(item["output"])
     recovered = [u for u, r in skipped.items() if rows.get(u) is not r]   # from markers: no row yet
     rows.update(skipped)
     print(f"[restore] {len(todo) + len(skipped) + len(rejected)} videos under {cfg.src}: {len(todo)} to restore, "
@@ -224,24 +286,31 @@ def restore_archive(cfg: RestoreConfig) -> dict:
     for row in done_now:
         rows[row["source"]] = row
         _print_row(row)
+    stopped = False
     try:
         if todo:
-            _run(cfg, todo, murl, rows, done_now)
+            _run(cfg, todo, murl, rows, done_now, tmpdir, guard)
+    except Terminated:
+        stopped = True
     finally:                              # also after an interrupted run: keep what finished
-        if done_now or recovered:
+        if done_now or recovered or stopped:
             write_manifest(murl, rows)
+    if stopped:
+        raise Terminated(sum(r["status"] == "done" for r in done_now), murl)
     summary = _summary(cfg, murl, done_now, skipped, time.time() - t0)
     print(f"[restore] summary: {json.dumps({k: v for k, v in summary.items() if k != 'rows'})}", flush=True)
     return summary
 
 
-def _run(cfg: RestoreConfig, todo: list[dict], murl: str, rows: dict[str, dict], done_now: list[dict]) -> None:
+def _run(cfg: RestoreConfig, todo: list[dict], murl: str, rows: dict[str, dict], done_now: list[dict],
+         tmpdir: str, guard: _SigtermGuard) -> None:
     """Restore `todo` (Ray Data actors or in-process), recording rows as videos finish."""
     actor = None
     if cfg.ray:
         ray = _ensure_ray(cfg)
+        guard.install()                   # ray.init set its own SIGTERM handler
         actor = ray.remote(Progress).options(num_cpus=0).remote(len(todo))
-        snapshot, runner = (lambda: ray.get(actor.snapshot.remote())), _run_ray(cfg, todo, actor)
+        snapshot, runner = (lambda: ray.get(actor.snapshot.remote())), _run_ray(cfg, todo, actor, tmpdir)
     else:
         local = Progress(len(todo))
         snapshot, runner = local.snapshot, _run_local(cfg, todo, local)

@@ -1,5 +1,9 @@
 """The manifest of an archive run (parquet, one row per input) and the plan: what to restore,
 what is already complete (a `done` row or the output's `.done` marker) and what to skip.
+
+Resume is keyed on the input's content identity (`storage.source_version`: size + mtime, or
+S3 ETag), recorded in the row and the marker: an input that changed is restored again, and
+its stale output goes first. Rows from before versions were recorded fall back to the size.
 """
 from __future__ import annotations
 
@@ -52,13 +56,20 @@ def _output_url(cfg: RestoreConfig, relpath: str) -> str:
     return storage.join(normalise(cfg.dst), relpath)
 
 
+def same_source(recorded: dict, item: dict) -> bool:
+    """Whether a row or marker was made from `item`'s input as it is now (same size, and same
+    version where one was recorded)."""
+    version = recorded.get("source_version")
+    known = isinstance(version, str) and version != ""
+    return recorded.get("source_size") == item["source_size"] and (not known or version == item["source_version"])
+
+
 def _complete(item: dict, outputs: dict[str, int], row: dict | None) -> dict | None:
     """The row of an earlier run whose output of `item` is complete, else None."""
     out, size = item["output"], outputs.get(item["output"])
     if size is None:
         return None
-    if row and row.get("status") == "done" and row.get("source_size") == item["source_size"] \
-            and row.get("output_size") == size:
+    if row and row.get("status") == "done" and same_source(row, item) and row.get("output_size") == size:
         return row
     marker = out + DONE_SUFFIX
     if marker not in outputs:
@@ -67,9 +78,11 @@ def _complete(item: dict, outputs: dict[str, int], row: dict | None) -> dict | N
         info = json.loads(storage.read_text(marker))
     except (OSError, ValueError):
         return None
-    if info.get("source_size") != item["source_size"] or info.get("output_size") != size:
+    if not same_source(info, item) or info.get("output_size") != size:
+        item["stale"] = True                   # an output of another version of the input
         return None
-    recovered = empty_row(item["source"], out, item["relpath"], item["source_size"], info.get("model", ""))
+    recovered = empty_row(item["source"], out, item["relpath"], item["source_size"], info.get("model", ""),
+                          item["source_version"])
     recovered.update({k: v for k, v in info.items() if k in recovered}, status="skipped", finished_at=now_utc())
     return recovered
 
@@ -98,28 +111,30 @@ def plan(cfg: RestoreConfig, previous: dict[str, dict]) -> tuple[list[dict], dic
     def wanted(u: str) -> bool:                                     # outputs inside src are not inputs
         return u.rsplit(".", 1)[-1].lower() in extensions and not u.startswith(dst + "/")
 
-    files, others = storage.list_inputs(src)
+    files, others = storage.list_sources(src)
     sources = {u: s for u, s in files.items() if wanted(u)}
     rejected = {u: _rejected(u, storage.relative_to(u, src), -1, reason, cfg.model)
                 for u, reason in others.items() if wanted(u)}
     outputs = storage.list_files(cfg.dst)
     todo, skipped, seen = [], {}, {}
-    for url, size in sorted(sources.items()):
+    for url, (size, version) in sorted(sources.items()):
         relpath = storage.relative_to(url, src)
         unsafe = storage.unsafe_relpath(relpath)
         if unsafe:
             rejected[url] = _rejected(url, relpath, size, f"not restored: {unsafe}", cfg.model)
             continue
-        item = {"source": url, "relpath": relpath, "output": _output_url(cfg, relpath), "source_size": size}
+        item = {"source": url, "relpath": relpath, "output": _output_url(cfg, relpath), "source_size": size,
+                "source_version": version, "stale": False}
         if item["output"] in seen:
             raise UsageError(f"{url} and {seen[item['output']]} would both be restored to {item['output']}")
         seen[item["output"]] = url
         row = previous.get(url)
         done = None if cfg.force else _complete(item, outputs, row)
+        item["stale"] = item["stale"] or bool(row and row.get("status") == "done" and not same_source(row, item))
         if done is not None:
             skipped[url] = done
         elif (row and row.get("status") == "failed" and row.get("error_kind") == "input"
-              and row.get("source_size") == size and not cfg.retry_failed and not cfg.force):
+              and same_source(row, item) and not cfg.retry_failed and not cfg.force):
             skipped[url] = row              # known unreadable and unchanged: keep its failed row
         else:
             todo.append(item)

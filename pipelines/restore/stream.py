@@ -81,9 +81,12 @@ def now_utc() -> str:
     return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
 
 
-def empty_row(source: str, output: str, relpath: str = "", source_size: int = -1, model: str = "") -> dict:
-    """A manifest row; every column always present with one type (parquet-friendly)."""
+def empty_row(source: str, output: str, relpath: str = "", source_size: int = -1, model: str = "",
+              source_version: str = "") -> dict:
+    """A manifest row; every column always present with one type (parquet-friendly).
+    `source_version` is the input's content identity (`storage.source_version`) that resume checks."""
     return {"source": source, "relpath": relpath, "output": output, "status": "failed",
+            "source_version": source_version,
             "frames": 0, "shots": 0, "width": 0, "height": 0, "out_width": 0, "out_height": 0,
             "fps": "", "has_audio": False, "seconds": 0.0, "frames_per_s": 0.0, "error": "",
             "error_kind": "", "source_size": int(source_size), "output_size": -1, "model": model,
@@ -94,13 +97,13 @@ def empty_row(source: str, output: str, relpath: str = "", source_size: int = -1
 
 def restore_video(source: str, output: str, restorer: Restorer, cfg: RestoreConfig, *,
                   relpath: str = "", source_size: int = -1, device: torch.device | str = "cpu",
-                  progress=None) -> dict:
+                  progress=None, source_version: str = "") -> dict:
     """Restore one video to `output` (atomic) + `<output>.done`; returns its manifest row.
 
     Never raises for a bad video: the row says `failed`, the reason, and whether the input
     itself is unreadable (`error_kind` "input", not retried by default) or not ("internal").
     """
-    row = empty_row(source, output, relpath, source_size, cfg.model)
+    row = empty_row(source, output, relpath, source_size, cfg.model, source_version)
     stages, stats = SectionTimer(), StreamStats()
     start = time.perf_counter()
     before, expected = _sections(restorer), 0
@@ -136,8 +139,8 @@ def restore_video(source: str, output: str, restorer: Restorer, cfg: RestoreConf
         # 3. The output is complete and visible; the marker says so (written after it).
         row.update(status="done", shots=len(stats.shot_starts), output_size=storage.size(output),
                    tiles=int(getattr(restorer, "tiles_last_frame", 1)))
-        marker = {k: row[k] for k in ("source", "output", "frames", "shots", "source_size", "output_size",
-                                      "fps", "has_audio", "model", "out_width", "out_height")}
+        marker = {k: row[k] for k in ("source", "output", "frames", "shots", "source_size", "source_version",
+                                      "output_size", "fps", "has_audio", "model", "out_width", "out_height")}
         storage.write_text(output + DONE_SUFFIX, json.dumps(marker, indent=1))
     except _InputError as exc:
         row.update(status="failed", error=str(exc.error), error_kind="input")
