@@ -99,7 +99,10 @@ def test_run_folder_is_swept_once_its_holder_is_killed(tmpdir_root):
         cwd=REPO, env=job_env(tmpdir_root), stdout=subprocess.PIPE, text=True)
     folder = holder.stdout.readline().strip()
     assert folder.startswith(os.path.join(tmpdir_root, "d2vr-run-")) and os.path.isdir(folder)
-    with storage.run_tempdir() as mine:               # a live run's folder is never swept
+    fds = len(os.listdir("/proc/self/fd"))
+    assert storage.sweep_stale_runs() == [] and os.path.isdir(folder)    # a live run's folder stays,
+    assert len(os.listdir("/proc/self/fd")) == fds                        # and no lock fd is left open
+    with storage.run_tempdir() as mine:
         assert os.path.isdir(folder) and storage.temp_root() == mine
         with video.VideoWriter(os.path.join(mine, "..", "out.mp4"), fps=25) as w:   # encodes go in it
             assert w._tmp.startswith(mine + "/")
@@ -172,6 +175,29 @@ def test_restore_sigterm_writes_the_manifest_and_exits_143(tmp_path, tmpdir_root
     again = restore_archive(RestoreConfig(src=str(src), dst=str(dst), ray=False, tile=0, preset="ultrafast"))
     assert again["skipped"] >= len(done) and again["skipped"] + again["restored"] == 8
     assert len(read_manifest(str(dst / "manifest.parquet"))) == 8
+
+
+def test_restore_no_ray_sigterm_abandons_the_video_in_flight(tmp_path, tmpdir_root):
+    """In-process (--no-ray), SIGTERM lands inside a video's encode: that video leaves no output,
+    no partial encode and no `.part`; the finished ones are in the manifest; exit 143."""
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    src.mkdir()
+    for i in range(6):
+        flat_video(str(src / f"v{i}.mp4"), (30 * i, 90, 220 - 25 * i), n=40, size=64)
+    job = [sys.executable, "jobs/restore.py", "--src", str(src), "--dst", str(dst), "--model", "bicubic",
+           "--tile", "0", "--no-ray", "--preset", "slow"]
+    with open(tmp_path / "out.txt", "w") as out, open(tmp_path / "err.txt", "w") as err:
+        proc = subprocess.Popen(job, cwd=REPO, env=job_env(tmpdir_root), stdout=out, stderr=err)
+    wait_for(proc, str(tmp_path / "out.txt"), "[restore] done", timeout=120)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=60) == 143, (tmp_path / "err.txt").read_text()[-3000:]
+    (line,) = (tmp_path / "err.txt").read_text().strip().splitlines()
+    assert line.startswith("restore.py: terminated by SIGTERM:") and str(dst / "manifest.parquet") in line
+    rows = read_manifest(str(dst / "manifest.parquet"))
+    done = sorted(r["relpath"] for r in rows.values() if r["status"] == "done")
+    assert 1 <= len(done) < 6 and len(rows) == len(done)
+    assert sorted(n for n in os.listdir(dst) if n.endswith(".mp4")) == done    # no output of the one in flight
+    assert os.listdir(tmpdir_root) == [] and parts_under(str(dst)) == []
 
 
 # ------------------------------------------------------------------ item 6: resume identity

@@ -346,9 +346,9 @@ def local_dir(url: str) -> Iterator[str]:
 
 
 # ------------------------------------------------------------------ what a killed run leaves
-# A SIGKILL runs no cleanup (and Ray workers go on ~1.5 s after their driver dies), so the
-# next run removes what an earlier one left: `atomic_write` temporaries in the destination,
-# and the run folders under the temp dir that hold every download, upload spool and encode.
+# A SIGKILL runs no cleanup (and Ray workers go on ~1.5 s after their driver dies): the next
+# run removes `atomic_write` temporaries in the destination and the run folders (every
+# download, upload spool and encode) under the temp dir that no live process holds.
 TMP_ENV = "D2VR_TMPDIR"          # the run's temp folder, for this process (set by `run_tempdir`)
 RUN_PREFIX = "d2vr-run-"
 _LOCK = ".lock"
@@ -390,19 +390,27 @@ def _hold(folder: str) -> int:
             os.close(fd)
 
 
-def _unused(folder: str, fd: int | None = None) -> bool:
-    """True (`fd`, or a new one, then locked exclusively until closed) if no process holds
-    `folder`; one without a lock file (a race of microseconds) counts as unused once 10 s old."""
-    if fd is None:
-        try:
-            fd = os.open(os.path.join(folder, _LOCK), os.O_RDWR)
-        except FileNotFoundError:
-            return time.time() - os.path.getmtime(folder) > 10
+def _remove_if_unheld(folder: str, fd: int | None = None) -> bool:
+    """Remove `folder` if no other process holds it (locked exclusively meanwhile through `fd`
+    or a new fd, so that a `_hold` waits, then re-makes it); one without a lock file (a race of
+    microseconds) counts as unheld once 10 s old."""
+    own = fd is None
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fd = os.open(os.path.join(folder, _LOCK), os.O_RDWR) if own else fd
+    except FileNotFoundError:
+        fd = None
+    try:
+        if fd is None and time.time() - os.path.getmtime(folder) <= 10:
+            return False
+        if fd is not None:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)     # BlockingIOError: held
+        shutil.rmtree(folder, ignore_errors=True)
         return True
     except BlockingIOError:
         return False
+    finally:
+        if own and fd is not None:
+            os.close(fd)
 
 
 def sweep_stale_runs(parent: str | None = None) -> list[str]:
@@ -413,54 +421,45 @@ def sweep_stale_runs(parent: str | None = None) -> list[str]:
         folder = os.path.join(parent, name)
         if name.startswith(RUN_PREFIX) and os.path.isdir(folder) and not os.path.islink(folder):
             with contextlib.suppress(OSError):        # gone meanwhile, or another user's
-                if _unused(folder):
-                    shutil.rmtree(folder, ignore_errors=True)
+                if _remove_if_unheld(folder):
                     removed.append(folder)
     return removed
 
 
 @contextlib.contextmanager
-def _using(folder: str) -> Iterator[int]:
-    """Hold `folder` and make it this process's `temp_root()` for the block; yields the lock fd."""
+def _using(folder: str, remove) -> Iterator[None]:
+    """Hold `folder` as this process's `temp_root()` for the block, then `remove(folder, fd)`."""
     fd, saved = _hold(folder), os.environ.get(TMP_ENV)
     os.environ[TMP_ENV] = folder
     try:
-        yield fd
+        yield
     finally:
         if saved is None:
             os.environ.pop(TMP_ENV, None)
         else:
             os.environ[TMP_ENV] = saved
+        remove(folder, fd)
+        os.close(fd)
 
 
 @contextlib.contextmanager
 def run_tempdir() -> Iterator[str]:
-    """A job's temp folder (`d2vr-run-*`), `temp_root()` while the run lasts and removed at
-    its end (its tasks ended or were abandoned); killed runs' are swept first. Workers get
-    the path (`task_tempdir`)."""
+    """A job's temp folder (`d2vr-run-*`), `temp_root()` while the run lasts and removed at its
+    end (its tasks ended or were abandoned); killed runs' go first. Workers get the path."""
     sweep_stale_runs()
     folder = tempfile.mkdtemp(prefix=RUN_PREFIX)
-    with _using(folder) as fd:
-        try:
-            yield folder
-        finally:
-            shutil.rmtree(folder, ignore_errors=True)
-            os.close(fd)
+    with _using(folder, lambda f, fd: shutil.rmtree(f, ignore_errors=True)):
+        yield folder
 
 
 @contextlib.contextmanager
 def task_tempdir(folder: str) -> Iterator[None]:
-    """A worker's task uses the run's temp folder (made on this node if absent, stale ones
-    swept then); on a node without the driver the last task holding it removes it. "": no-op."""
+    """A worker's task uses the run's temp folder (made on this node if absent, stale ones swept
+    then); where no driver or other task holds it, the task removes it at its end. "": no-op."""
     if not folder:
         yield
         return
     if not os.path.isdir(folder):
         sweep_stale_runs(os.path.dirname(folder))
-    with _using(folder) as fd:
-        try:
-            yield
-        finally:
-            if _unused(folder, fd):                   # no driver here, no other task
-                shutil.rmtree(folder, ignore_errors=True)
-            os.close(fd)
+    with _using(folder, _remove_if_unheld):
+        yield

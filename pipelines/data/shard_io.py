@@ -1,7 +1,7 @@
 """What a shard build reads and writes besides the shards: the listing of its sources (the
-same as restore's, `storage.list_inputs`), the --src/--dst checks made before anything is
-created, dst's recorded settings (build.json) and the finished videos' parts, and the
-manifest/failure tables. Used by `pipelines.data.shards`."""
+same as restore's, `storage.list_sources`) and what is done, the --src/--dst checks made before
+anything is created, dst's recorded settings (build.json) and the finished videos' parts, the
+per-video result rows and the manifest/failure tables. Used by `pipelines.data.shards`."""
 from __future__ import annotations
 
 import io
@@ -54,6 +54,24 @@ def read_parts(dst: str) -> dict[str, dict]:
     paths = [storage.filesystem(u)[1] for u in urls]
     blobs = fs.cat(paths)
     return {n[:-5]: json.loads(blobs[p]) for n, p in zip(names, paths)}
+
+
+def no_clips_reason(cfg: ShardConfig, shots: list) -> str:
+    """Why a decoded video gave no clip (recorded in its part, the summary and its progress line)."""
+    frames = shots[-1][1] if shots else 0
+    longest = max((e - s for s, e in shots), default=0)
+    return (f"0 clips: {frames} frames decoded in {len(shots)} shot(s), the longest {longest} frames; a clip needs "
+            f"--clip-len {cfg.clip_len} frames inside one shot (and --edge-margin {cfg.edge_margin} from its cuts)")
+
+
+def _result(item: dict, status: str, **values) -> dict:
+    """One Ray Data output row per video; every column always present with one type."""
+    row = {"url": item["url"], "relpath": item["relpath"], "video_key": item["video_key"], "status": status,
+           "stage": "", "error": "", "frames": 0, "shots": 0, "clips": 0, "shards": 0, "bytes": 0,
+           "shards_written": 0, "bytes_written": 0, "seconds": 0.0, "download_s": 0.0, "decode_s": 0.0,
+           "shots_s": 0.0, "resize_s": 0.0, "encode_s": 0.0, "write_s": 0.0, "note": ""}
+    row.update(values)
+    return row
 
 
 def plan_videos(dst: str, versions: dict[str, str], base: str, key_of, tmpdir: str) -> tuple[list[dict], int]:

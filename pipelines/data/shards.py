@@ -48,9 +48,11 @@ from pipelines.data.shard_io import (
     MANIFEST_COLUMNS,
     _check_settings,
     _parquet,
+    _result,
     _write_if_changed,
     check_paths,
     list_entries,
+    no_clips_reason,
     plan_videos,
     print_summary,
     read_parts,
@@ -292,24 +294,6 @@ class _StageError(Exception):
     def __init__(self, stage: str, error: Exception):
         super().__init__(str(error))
         self.stage, self.error = stage, error
-
-
-def no_clips_reason(cfg: ShardConfig, shots: list) -> str:
-    """Why a decoded video gave no clip (recorded in its part, the summary and its progress line)."""
-    frames = shots[-1][1] if shots else 0
-    longest = max((e - s for s, e in shots), default=0)
-    return (f"0 clips: {frames} frames decoded in {len(shots)} shot(s), the longest {longest} frames; a clip needs "
-            f"--clip-len {cfg.clip_len} frames inside one shot (and --edge-margin {cfg.edge_margin} from its cuts)")
-
-
-def _result(item: dict, status: str, **values) -> dict:
-    """One Ray Data output row per video; every column always present with one type."""
-    row = {"url": item["url"], "relpath": item["relpath"], "video_key": item["video_key"], "status": status,
-           "stage": "", "error": "", "frames": 0, "shots": 0, "clips": 0, "shards": 0, "bytes": 0,
-           "shards_written": 0, "bytes_written": 0, "seconds": 0.0, "download_s": 0.0, "decode_s": 0.0,
-           "shots_s": 0.0, "resize_s": 0.0, "encode_s": 0.0, "write_s": 0.0, "note": ""}
-    row.update(values)
-    return row
 
 
 def process_video(item: dict, cfg: ShardConfig) -> dict:
