@@ -46,6 +46,8 @@ class DemoConfig:
     prior_steps: int = 10        # prior fine-tuning steps on this video
     prior_lr: float = 2e-5       # their learning rate (fine-tuning a trained prior: small)
     distill_steps: int = 12      # distillation steps (tiny, CPU)
+    distill_lr: float = 2e-5     # student and discriminator Adam lr (the paper's)
+    distill_rec: float = 0.0     # weight of the ground-truth term lambda_rec (0: the paper's losses only)
     eval_frames: int = 12        # frames of the held-out piece restored and evaluated
     teacher_steps: int = 8       # teacher sampler steps in the comparison
     workers: int = 2             # Ray Train workers for the training stages
@@ -130,6 +132,7 @@ def stage_distill(cfg: DemoConfig, run_dir: str) -> dict:
         flow=os.path.join(run_dir, "drfa", "drfa.safetensors"), out=os.path.join(run_dir, "student"),
         storage_path=os.path.join(run_dir, "ray"), run_name="demo-distill", num_workers=cfg.workers,
         steps=cfg.distill_steps, batch_size=cfg.workers, crop=64, clip_len=2, degrade="medium",
+        lr=cfg.distill_lr, d_lr=cfg.distill_lr, lambda_rec=cfg.distill_rec,
         checkpoint_every=max(4, cfg.distill_steps // 2), report_every=2, loader_workers=0,
         tlpips_backbone="random"))  # no ImageNet AlexNet offline: T-LPIPS runs on a random trunk here
     return {**{k: v for k, v in summary.items() if isinstance(v, (int, float, str))},
@@ -201,8 +204,10 @@ DEMO_ABOUT = (
     "{unet:.2f} M-parameter x4 prior UNet with {codec}, started from {prior_from}, fine-tuned "
     "{cfg.prior_steps} steps here and distilled {cfg.distill_steps} steps into the 4-step student), all on one "
     "CPU. They show every stage of D2-VR running in miniature, on frames they never saw; a prior this small, "
-    "trained this briefly, restores about as well as bicubic: +0.2 dB PSNR-Y on held-out frames of the "
-    "three sample clips, but below it on this bikes clip (README.md, 'The method in miniature'), and none of this is what D2-VR achieves. For the real restorer: distill from the pretrained Stable "
+    "trained this briefly, restores about as well as bicubic: +0.3 dB (light) / +0.4 dB (medium) PSNR-Y on "
+    "held-out frames of the three sample clips, but 0.5 dB below it on this bikes clip, and its distilled "
+    "student is no better (README.md, 'The method in miniature', says why); none of this "
+    "is what D2-VR achieves. For the real restorer: distill from the pretrained Stable "
     "Diffusion x4 upscaler (jobs/distill.py --teacher stabilityai/stable-diffusion-x4-upscaler) with a "
     "full-size DRFA (jobs/pretrain_drfa.py --preset full) on a GPU cluster; see README.md, 'From the demo to "
     "the real thing'."
@@ -226,7 +231,7 @@ def demo_about(cfg: DemoConfig, run_dir: str) -> str:
     codec = (f"a {_millions_of_parameters(vae):.2f} M-parameter VAE" if os.path.isfile(vae)
              else "no VAE (a lossless pixel codec)")
     prior_from = ("random weights" if cfg.prior in ("small", "tiny") else
-                  f"d2vr's shipped prior {cfg.prior} (trained by benchmarks/paper_tables.py on other frames; "
+                  f"d2vr's shipped prior {cfg.prior} (trained by benchmarks/prior_quality.py on other frames; "
                   "its MODEL_CARD.md has the command and figures)")
     return DEMO_ABOUT.format(
         cfg=cfg, drfa=_millions_of_parameters(os.path.join(run_dir, "drfa", "drfa.safetensors")),

@@ -97,6 +97,7 @@ class DistillTrainConfig(tc.TrainRunConfig):
     distill_weight: float = 1.0            # weight of L_distill (Eq. 6)
     lambda_adv: float = 0.05               # lambda1 (paper); 0 also skips the discriminator updates
     lambda_tlpips: float = 0.1             # lambda2 (paper)
+    lambda_rec: float = 0.0                # MSE of the student's x0 to the ground truth; not in the paper (0)
     adversarial_form: str = "hinge"        # hinge (ADD) | non_saturating | paper (Eq. 3-4 literally)
     distill_weighting: str = "alpha_bar"   # c(tau): alpha_bar (ADD) | sds
     teacher_t_min: int = 20                # teacher re-noising timesteps tau ~ U[min, max] (of 1000)
@@ -127,6 +128,7 @@ class DistillTrainConfig(tc.TrainRunConfig):
 
         return DistillConfig(
             distill_weight=self.distill_weight, lambda_adv=self.lambda_adv, lambda_tlpips=self.lambda_tlpips,
+            lambda_rec=self.lambda_rec,
             adversarial_form=self.adversarial_form, distill_weighting=self.distill_weighting,
             teacher_t_min=self.teacher_t_min, teacher_t_max=self.teacher_t_max,
             student_input=self.student_input, previous_frame=self.previous_frame,

@@ -68,6 +68,9 @@ class DistillConfig:
     distill_weight: float = 1.0              # weight of L_distill (Eq. 6)
     lambda_adv: float = 0.05                 # lambda1, paper Sec. 3.1
     lambda_tlpips: float = 0.1               # lambda2, paper Sec. 3.1
+    # weight of L_rec = MSE(student x0, ground-truth latent), not in the paper (0 = its Eq. 6); for a
+    # teacher whose re-noised targets are no better than the student's own x0 (see the README)
+    lambda_rec: float = 0.0
     adversarial_form: str = "hinge"          # "hinge" (ADD; default), "non_saturating", "paper" (Eq. 3-4 literally)
     distill_weighting: str = "alpha_bar"     # c(tau): "alpha_bar" (ADD) or "sds"
     teacher_t_min: int = 20                  # teacher re-noising timesteps tau ~ U[min, max] (of 1000)
@@ -266,7 +269,8 @@ def generator_step(models: DistillModels, batch, cfg: DistillConfig = DistillCon
         l_adv = generator_adversarial_loss(fake_logits, cfg.adversarial_form)
 
     l_tlpips = models.tlpips(roll.rgb, hq.to(roll.rgb.device, torch.float32)) if use_tlpips else zero
-    loss = total_loss(l_distill, l_adv, l_tlpips, cfg.weights)
+    l_rec = (x0.float() - roll.real_x0.flatten(0, 1).float()).pow(2).mean() if cfg.lambda_rec else zero
+    loss = total_loss(l_distill, l_adv, l_tlpips, cfg.weights) + cfg.lambda_rec * l_rec
     if keep is not None:
         keep["fake"] = AdversarialBatch(roll.real_x0.flatten(0, 1), x0.detach(), s, cond.image, cond.noise_level)
     metrics = {
@@ -274,6 +278,7 @@ def generator_step(models: DistillModels, batch, cfg: DistillConfig = DistillCon
         "distill": float(l_distill.detach()),
         "adv_g": float(l_adv.detach()),
         "tlpips": float(l_tlpips.detach()),
+        "rec": float(l_rec.detach()),
         "g_fake_logit": float(torch.stack([f.detach().mean() for f in fake_logits]).mean()) if fake_logits else 0.0,
         "student_t_mean": float(s.float().mean()),
     }
