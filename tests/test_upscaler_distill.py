@@ -152,10 +152,10 @@ def test_distillation_loss_falls_when_the_student_trains_on_it():
     assert values[-1] < 0.8 * values[0], values
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_reconstruction_term_pulls_the_student_to_the_ground_truth(dtype):
+def test_reconstruction_term_pulls_the_student_to_the_ground_truth(dtype=torch.bfloat16):
     """lambda_rec (not in the paper): the student's x0 error to the ground-truth latent falls
-    when it trains on L_rec alone, and the term is 0 (absent) at the paper's default."""
+    when it trains on L_rec alone, and the term is 0 (absent) at the paper's default. In bf16 (the
+    GPU path; fp32 steps are tested above)."""
     models = make_models()
     models.upscaler.to(dtype=dtype)
     batch = make_batch(b=2, t=1, seed=5)
@@ -164,7 +164,7 @@ def test_reconstruction_term_pulls_the_student_to_the_ground_truth(dtype):
     cfg = DistillConfig(distill_weight=0.0, lambda_adv=0.0, lambda_tlpips=0.0, lambda_rec=1.0)
     opt = torch.optim.Adam(models.upscaler.trainable_parameters(), lr=1e-3)
     values = []
-    for _ in range(8):
+    for _ in range(6):
         loss, metrics = generator_step(models, batch, cfg, torch.Generator().manual_seed(0))
         opt.zero_grad()
         loss.backward()
