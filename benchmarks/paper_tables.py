@@ -314,13 +314,12 @@ def degrade_eval(hq: torch.Tensor, preset: str, seed: int, quality: int) -> torc
 # --------------------------------------------------------------------------- 4. evaluation
 
 
-def method_table(cfg: TablesConfig, out: Path, students: dict) -> dict:
+def method_table(cfg: TablesConfig, prior_folder: str, students: dict) -> dict:
     """name -> (what it is, restore(lq (T, 3, h, w)) -> (T, 3, 4h, 4w) in [0, 1])."""
     from models.upscaler.config import UpscalerConfig
     from models.upscaler.video import VideoUpscaler
     from pipelines import model_folder
 
-    prior_folder = json.loads((out / "state.json").read_text())["prior"]["folder"]
     prior = VideoUpscaler.from_config(UpscalerConfig(pretrained=prior_folder), None).eval()
 
     def few_step(lq):
@@ -352,10 +351,10 @@ def method_table(cfg: TablesConfig, out: Path, students: dict) -> dict:
     return methods
 
 
-def evaluate_stage(cfg: TablesConfig, out: Path, students: dict) -> dict:
+def evaluate_stage(cfg: TablesConfig, out: Path, prior: str, students: dict) -> dict:
     from pipelines.evaluation.suite import compute_video_metrics
 
-    methods = method_table(cfg, out, students)
+    methods = method_table(cfg, prior, students)
     clips = eval_clips(cfg)
     rows, timing = [], {}
     (out / "frames").mkdir(exist_ok=True)
@@ -542,7 +541,7 @@ def main(argv=None) -> int:
                                 cfg.train_degrade, cfg.seed)
         students[name] = state.run(f"student:{name}", lambda n=name: train_student_stage(
             cfg, out, n, prior, flows, 60 * student_minutes, clips))["folder"]
-    state.run("eval", lambda: evaluate_stage(cfg, out, students))
+    state.run("eval", lambda: evaluate_stage(cfg, out, prior, students))
     state.data.pop("tables", None)                  # cheap: always rebuilt from rows.json
     state.run("tables", lambda: tables_stage(cfg, out, state.data))
     return 0

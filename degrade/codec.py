@@ -65,8 +65,8 @@ def roundtrip_uint8(frames: np.ndarray, params: dict) -> tuple[np.ndarray, int]:
     """Encode (T, H, W, 3) uint8 RGB and decode it back; returns (frames, encoded bytes).
 
     Packets go straight from the encoder to a decoder, with no container in between: the
-    bundled libx265 sometimes gives its first packet an uninitialised DTS (seen ~1 in 400
-    clips of 2 frames), which a muxer refuses with EINVAL; the decoder ignores DTS."""
+    bundled libx265 sometimes gives its first packet an uninitialised DTS (about 1 in 90
+    two-frame 16x16 clips), which a muxer refuses with EINVAL; the decoder ignores DTS."""
     if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] != 3:
         raise ValueError(f"codec round trip expects (T, H, W, 3) uint8, got {frames.dtype} {frames.shape}")
     t, h, w, _ = frames.shape

@@ -317,6 +317,25 @@ class VideoUpscaler(nn.Module):
 
     # ---- samplers
 
+    def _sampler_parts(self, cond: LowResCondition, temporal: torch.Tensor | None,
+                       generator: torch.Generator | None, timesteps: tuple[int, ...] | None, unet: str,
+                       noise: Sequence[torch.Tensor] | None = None):
+        """(schedule, model, noise) of the few-step sampler, as `models.upscaler.sampling` takes
+        them: the model runs `unet` on the batch rows still running; the noise is the caller's
+        draws or one per timestep from `generator`, in order."""
+        ts = tuple(timesteps or self.cfg.student_timesteps)
+        b, _, h, w = cond.image.shape
+        if noise is None:
+            noise = [self.randn((b, self.latent_channels, h, w), generator) for _ in ts]
+        elif len(noise) != len(ts):
+            raise ValueError(f"noise: {len(ts)} tensors needed (one per timestep), got {len(noise)}")
+
+        def predict(x, t, rows):
+            sub = LowResCondition(cond.image[rows], cond.noise_level[rows])
+            return self.predict_x0(unet, x, t, sub, None if temporal is None else temporal[rows])
+
+        return ts, predict, (lambda i, rows: noise[i].to(self.device)[rows])
+
     @torch.no_grad()
     def sample_few_step(self, cond: LowResCondition, temporal: torch.Tensor | None,
                         generator: torch.Generator | None = None, timesteps: tuple[int, ...] | None = None,
@@ -329,18 +348,8 @@ class VideoUpscaler(nn.Module):
         timestep; e.g. crops of one whole-frame draw for tiles); None = drawn from `generator`
         in that order. Returns (B, latent, h, w) latents.
         """
-        ts = tuple(timesteps or self.cfg.student_timesteps)
-        b, _, h, w = cond.image.shape
-        if noise is None:
-            noise = [self.randn((b, self.latent_channels, h, w), generator) for _ in ts]
-        elif len(noise) != len(ts):
-            raise ValueError(f"noise: {len(ts)} tensors needed (one per timestep), got {len(noise)}")
-
-        def predict(x, t, rows):        # every row runs every step here
-            return self.predict_x0(unet, x, t, cond, temporal)
-
-        return sampling.sample_few_step(predict, lambda i, rows: noise[i].to(self.device)[rows], b, ts,
-                                        self.alphas_cumprod)
+        ts, predict, draws = self._sampler_parts(cond, temporal, generator, timesteps, unet, noise)
+        return sampling.sample_few_step(predict, draws, cond.image.shape[0], ts, self.alphas_cumprod)
 
     @torch.no_grad()
     def sampler_input(self, cond: LowResCondition, temporal: torch.Tensor | None, stop: torch.Tensor,
@@ -348,16 +357,8 @@ class VideoUpscaler(nn.Module):
         """What `sample_few_step` feeds its UNet at step `stop[b]` (B,) of the student timesteps:
         pure noise at step 0, the UNet's own x0 re-noised later (the noise drawn as there).
         Distillation trains the student on these inputs (`DistillConfig.student_input`)."""
-        ts = tuple(self.cfg.student_timesteps)
-        b, _, h, w = cond.image.shape
-        noise = [self.randn((b, self.latent_channels, h, w), generator) for _ in ts]
-
-        def predict(x, t, rows):        # only the rows still running
-            sub = LowResCondition(cond.image[rows], cond.noise_level[rows])
-            return self.predict_x0(unet, x, t, sub, None if temporal is None else temporal[rows])
-
-        return sampling.sampler_inputs(predict, lambda i, rows: noise[i][rows], ts, self.alphas_cumprod,
-                                       stop.to(self.device))
+        ts, predict, draws = self._sampler_parts(cond, temporal, generator, None, unet)
+        return sampling.sampler_inputs(predict, draws, ts, self.alphas_cumprod, stop.to(self.device))
 
     def make_scheduler(self, solver: str | None = None):
         """A fresh diffusers scheduler (they are stateful) from the checkpoint's config."""

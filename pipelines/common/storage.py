@@ -363,7 +363,8 @@ def temp_root() -> str:
 
 def remove_stale_parts(root: str) -> list[str]:
     """Remove the `atomic_write` temporaries (`.<name>.<8 random>.part`, no other name) that
-    killed writers left under the local folder `root`, when none of ours is active; S3 has none."""
+    killed writers left under the local folder `root`; S3 has none. Call it when no writer of
+    this run is active (at the start and the end of a run): it does not check."""
     removed: list[str] = []
     if is_remote(root):
         return removed

@@ -64,27 +64,27 @@ def same_source(recorded: dict, item: dict) -> bool:
     return recorded.get("source_size") == item["source_size"] and (not known or version == item["source_version"])
 
 
-def _complete(item: dict, outputs: dict[str, int], row: dict | None) -> dict | None:
-    """The row of an earlier run whose output of `item` is complete, else None."""
+def _complete(item: dict, outputs: dict[str, int], row: dict | None) -> tuple[dict | None, bool]:
+    """(the row of an earlier run whose output of `item` is complete, else None; whether the
+    output's marker says it was made from another version of the input or is incomplete)."""
     out, size = item["output"], outputs.get(item["output"])
     if size is None:
-        return None
+        return None, False
     if row and row.get("status") == "done" and same_source(row, item) and row.get("output_size") == size:
-        return row
+        return row, False
     marker = out + DONE_SUFFIX
     if marker not in outputs:
-        return None
+        return None, False
     try:
         info = json.loads(storage.read_text(marker))
     except (OSError, ValueError):
-        return None
+        return None, False
     if not same_source(info, item) or info.get("output_size") != size:
-        item["stale"] = True                   # an output of another version of the input
-        return None
+        return None, True
     recovered = empty_row(item["source"], out, item["relpath"], item["source_size"], info.get("model", ""),
                           item["source_version"])
     recovered.update({k: v for k, v in info.items() if k in recovered}, status="skipped", finished_at=now_utc())
-    return recovered
+    return recovered, False
 
 
 def _rejected(url: str, relpath: str, size: int, reason: str, model: str) -> dict:
@@ -124,13 +124,14 @@ def plan(cfg: RestoreConfig, previous: dict[str, dict]) -> tuple[list[dict], dic
             rejected[url] = _rejected(url, relpath, size, f"not restored: {unsafe}", cfg.model)
             continue
         item = {"source": url, "relpath": relpath, "output": _output_url(cfg, relpath), "source_size": size,
-                "source_version": version, "stale": False}
+                "source_version": version}
         if item["output"] in seen:
             raise UsageError(f"{url} and {seen[item['output']]} would both be restored to {item['output']}")
         seen[item["output"]] = url
         row = previous.get(url)
-        done = None if cfg.force else _complete(item, outputs, row)
-        item["stale"] = item["stale"] or bool(row and row.get("status") == "done" and not same_source(row, item))
+        done, marker_stale = (None, False) if cfg.force else _complete(item, outputs, row)
+        # its input changed since its output was made: the old output must not outlive a failure
+        item["stale"] = marker_stale or bool(row and row.get("status") == "done" and not same_source(row, item))
         if done is not None:
             skipped[url] = done
         elif (row and row.get("status") == "failed" and row.get("error_kind") == "input"
