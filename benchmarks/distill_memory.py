@@ -35,13 +35,14 @@ def one_point(architecture: str, batch: int, crop: int, variant: str, clip_len: 
     """Runs in the child process: build, one step, report."""
     import torch
 
+    from pipelines.common import cli
     from pipelines.train.distill import DistillTrainConfig, build_models, distill_step, plain_engines
 
     torch.set_num_threads(max(1, (os.cpu_count() or 2) // 2))
     dev = torch.device(device)
     dtype = torch.bfloat16 if dev.type == "cuda" else torch.float32
-    cfg = DistillTrainConfig(teacher=architecture, flow="none", crop=crop, clip_len=clip_len, batch_size=batch,
-                             tlpips_backbone="random", **VARIANTS[variant])
+    cfg = cli.build(DistillTrainConfig, teacher=architecture, flow="none", crop=crop, clip_len=clip_len,
+                    batch_size=batch, tlpips_backbone="random", **VARIANTS[variant])
     models, _ = build_models(cfg, dev, dtype)
     models.upscaler.train()
     models.discriminator.to(dev, dtype)
@@ -51,7 +52,7 @@ def one_point(architecture: str, batch: int, crop: int, variant: str, clip_len: 
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
     t0 = time.perf_counter()
-    distill_step(models, g, d, {"lq": lq, "hq": hq}, cfg.distill_config(), torch.Generator().manual_seed(0))
+    distill_step(models, g, d, {"lq": lq, "hq": hq}, cfg.loss, torch.Generator().manual_seed(0))
     if dev.type == "cuda":
         torch.cuda.synchronize(dev)
     seconds = time.perf_counter() - t0

@@ -155,19 +155,20 @@ def check_drfa(preset: str, batch: int, size: int, device, out: dict) -> None:
 
 
 def check_distill(teacher: str, batch: int, crop: int, clip_len: int, device, dtype, out: dict) -> None:
+    from pipelines.common import cli
     from pipelines.train.distill import DistillTrainConfig, build_models, distill_step, plain_engines
 
     while batch >= 1:
         reset_peak(device)
         try:
-            cfg = DistillTrainConfig(teacher=teacher, flow="none", crop=crop, clip_len=clip_len, batch_size=batch,
-                                     tlpips_backbone="random")
+            cfg = cli.build(DistillTrainConfig, teacher=teacher, flow="none", crop=crop, clip_len=clip_len,
+                            batch_size=batch, tlpips_backbone="random")
             models, _ = build_models(cfg, device, dtype)
             models.discriminator.to(device, dtype)
             g, d = plain_engines(models, 2e-5)
             lq = torch.rand(batch, clip_len, 3, crop // 4, crop // 4, device=device)
             hq = torch.rand(batch, clip_len, 3, crop, crop, device=device)
-            dcfg = cfg.distill_config()
+            dcfg = cfg.loss
             seconds = timed(lambda: distill_step(models, g, d, {"lq": lq, "hq": hq}, dcfg), device, repeat=1)
             out["distill"] = {"batch": batch, "crop": crop, "clip_len": clip_len, "seconds": seconds,
                               "peak_gib": peak_gib(device)}

@@ -222,20 +222,22 @@ def train_student_stage(cfg: TablesConfig, out: Path, name: str, prior: str, flo
                         clips: SampleClips) -> dict:
     """One student row: `cfg.student_steps` steps, or as many as fit in `seconds`."""
     from pipelines import model_folder
+    from models.upscaler.config import UpscalerConfig
     from pipelines.train.distill import DistillTrainConfig, build_models, distill_step, plain_engines
+    from pipelines.train.distill_step import DistillConfig
 
     flow, l_adv, l_tl, timesteps, draws, student_input = STUDENTS[name]
-    dcfg_full = DistillTrainConfig(teacher=prior, flow=flows[flow], lambda_adv=l_adv, lambda_tlpips=l_tl,
-                                   student_timesteps=timesteps, train_timesteps=draws, lr=cfg.student_lr,
-                                   student_input=student_input,
-                                   d_lr=cfg.student_lr, batch_size=cfg.student_batch, crop=cfg.crop,
-                                   clip_len=cfg.clip_len, tlpips_backbone="random", seed=cfg.seed)
+    dcfg_full = DistillTrainConfig(
+        upscaler=UpscalerConfig(pretrained=prior, student_timesteps=timesteps), flow=flows[flow],
+        loss=DistillConfig(lambda_adv=l_adv, lambda_tlpips=l_tl, train_timesteps=draws, student_input=student_input),
+        lr=cfg.student_lr, d_lr=cfg.student_lr, batch_size=cfg.student_batch, crop=cfg.crop,
+        clip_len=cfg.clip_len, tlpips_backbone="random", seed=cfg.seed)
     torch.manual_seed(cfg.seed)
     models, bundle = build_models(dcfg_full)
     up = models.upscaler
     up.train()
     g, d = plain_engines(models, cfg.student_lr)
-    dcfg = dcfg_full.distill_config()
+    dcfg = dcfg_full.loss
     clips.rng = np.random.default_rng(cfg.seed)          # every student sees the same clips
     t0, step, history = time.time(), 0, []
     while (step < cfg.student_steps) if cfg.student_steps else (time.time() - t0 < seconds):

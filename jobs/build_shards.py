@@ -9,6 +9,7 @@ Re-running resumes: finished videos are skipped, new ones add new shards, one wh
 from __future__ import annotations
 
 import json
+import os
 import sys
 
 import _bootstrap  # noqa: F401  (repo root on sys.path)
@@ -27,6 +28,10 @@ def main(argv=None) -> int:
             ray.init()   # joins the cluster under `ray job submit` (RAY_ADDRESS), else starts a local one
         summary = build_shards(cfg)
     print(json.dumps(summary))
+    if summary["failed_not_input"] and not summary["videos_processed"] and not summary["videos_skipped"]:
+        print(f"{os.path.basename(sys.argv[0])}: error: no video sharded; {summary['failed_not_input']} failed for a "
+              f"reason that is not their input's (first: {summary['first_not_input_error']})", file=sys.stderr, flush=True)
+        return 1                         # the setup failed, not the videos
     return 0
 
 

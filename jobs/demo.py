@@ -125,9 +125,10 @@ def stage_prior(cfg: DemoConfig, run_dir: str) -> dict:
 
 
 def stage_distill(cfg: DemoConfig, run_dir: str) -> dict:
+    from pipelines.common import cli
     from pipelines.train.distill import DistillTrainConfig, distill
 
-    summary = distill(DistillTrainConfig(
+    summary = distill(cli.build(DistillTrainConfig,
         shards=os.path.join(run_dir, "shards"), teacher=os.path.join(run_dir, "prior"),
         flow=os.path.join(run_dir, "drfa", "drfa.safetensors"), out=os.path.join(run_dir, "student"),
         storage_path=os.path.join(run_dir, "ray"), run_name="demo-distill", num_workers=cfg.workers,

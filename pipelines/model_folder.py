@@ -87,16 +87,16 @@ def save(folder: str | os.PathLike, models, cfg, *, step: int, complete: bool,
 
             scheduler = bundle.scheduler if bundle is not None else DDIMScheduler.from_config(up.scheduler_config)
             UpscalerBundle(unet=up.teacher, vae=up.vae, scheduler=scheduler, low_res_scheduler=up.low_res_scheduler,
-                           prompt_embeds=up.prompt_embeds.detach().float().cpu(), prompt=cfg.prompt,
+                           prompt_embeds=up.prompt_embeds.detach().float().cpu(), prompt=cfg.upscaler.prompt,
                            negative_prompt_embeds=(up.negative_prompt_embeds.detach().float().cpu()
                                                    if up.guided else None),
-                           negative_prompt=cfg.negative_prompt
+                           negative_prompt=cfg.upscaler.negative_prompt
                            ).save_pretrained(out)
         else:                                # bf16 / GPU copies: save the fp32 source instead
             from models.presets import load_bundle
 
             with storage.local_dir(cfg.teacher) as teacher:
-                load_bundle(teacher, prompt=cfg.prompt, negative_prompt=cfg.negative_prompt,
+                load_bundle(teacher, prompt=cfg.upscaler.prompt, negative_prompt=cfg.upscaler.negative_prompt,
                             seed=cfg.model_seed).save_pretrained(out)
         if up.flow_net is not None:
             from models.flow import save as save_flow
@@ -107,7 +107,7 @@ def save(folder: str | os.PathLike, models, cfg, *, step: int, complete: bool,
     ucfg.pop("pretrained")
     info = {"format": EXPORT_FORMAT, "complete": bool(complete), "step": int(step), "upscaler": ucfg,
             "discriminator": dataclasses.asdict(disc.cfg), "teacher": cfg.teacher, "flow": cfg.flow,
-            "distill": dataclasses.asdict(cfg.distill_config())}
+            "distill": dataclasses.asdict(cfg.loss)}
     (out / RESTORER_JSON).write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
     return out
 

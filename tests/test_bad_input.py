@@ -113,3 +113,92 @@ def test_build_shards_on_one_special_file(tmp_path):
     failures = pd.read_parquet(tmp_path / "s" / "failures.parquet").to_dict("records")
     assert summary["videos_failed"] == 1
     assert [(f["relpath"], f["error"]) for f in failures] == [("fifo.mp4", "not a regular file (FIFO)")]
+
+
+def cut_at_a_packet_boundary(path: str, out: str, keep: int) -> None:
+    """`out`: the faststart MP4 `path` cut right after its first `keep` frames' packets, so that
+    it demuxes cleanly as a shorter video while its sample table still declares every frame."""
+    import av
+
+    with av.open(path) as container:
+        stream = container.streams.video[0]
+        starts = [p.pos for p in container.demux(stream) if p.size]
+    with open(path, "rb") as f:
+        data = f.read()
+    with open(out, "wb") as f:
+        f.write(data[:starts[keep]])
+
+
+def test_an_mp4_cut_at_a_packet_boundary_is_a_failed_row_in_both_jobs(tmp_path):
+    import av
+    import numpy as np
+
+    src = tmp_path / "src"
+    src.mkdir()
+    whole = str(tmp_path / "whole.mp4")
+    with av.open(whole, "w", options={"movflags": "faststart"}) as container:   # sample table first
+        stream = container.add_stream("libx264", rate=25)
+        stream.width, stream.height, stream.pix_fmt = 48, 32, "yuv420p"
+        for frame in textured_frames(12, 32, 48):
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")))
+        container.mux(stream.encode())
+    cut_at_a_packet_boundary(whole, str(src / "cut.mp4"), keep=7)
+    os.replace(whole, src / "whole.mp4")
+    with pytest.raises(video.VideoError, match="truncated: 7 of the 12 frames"):
+        video.probe(str(src / "cut.mp4"))
+
+    shards = build_shards(ShardConfig(src=str(src), dst=str(tmp_path / "shards"), use_ray=False, clip_len=2,
+                                      stride=2, size=32, progress=False))
+    failures = pd.read_parquet(tmp_path / "shards" / "failures.parquet").to_dict("records")
+    assert [(f["relpath"], "truncated: 7 of the 12" in f["error"]) for f in failures] == [("cut.mp4", True)]
+    assert (shards["videos_processed"], shards["videos_failed"]) == (1, 1)
+
+    dst = str(tmp_path / "dst")
+    restored = restore_archive(RestoreConfig(src=str(src), dst=dst, ray=False, tile=0, preset="ultrafast"))
+    rows = {r["relpath"]: r for r in read_manifest(storage.join(dst, "manifest.parquet")).values()}
+    assert rows["whole.mp4"]["status"] == "done" and rows["cut.mp4"]["status"] == "failed"
+    assert "truncated: 7 of the 12" in rows["cut.mp4"]["error"]
+    assert not os.path.exists(os.path.join(dst, "cut.mp4"))
+    assert (restored["restored"], restored["failed"]) == (1, 1)
+
+
+def test_build_shards_exits_1_when_every_video_fails_for_a_reason_not_its_own(tmp_path):
+    """A dst whose parts/ cannot be made (a file is there): every video fails at write, which is
+    the setup's fault, not the videos': a failed row with error_kind "internal" and exit 1."""
+    src, dst = tmp_path / "src", tmp_path / "shards"
+    src.mkdir()
+    dst.mkdir()
+    video.write_video(str(src / "a.mp4"), textured_frames(4, 32, 48), fps=25, crf=0, preset="ultrafast")
+    (dst / "parts").write_text("not a folder")
+    job = subprocess.run([sys.executable, os.path.join(REPO, "jobs", "build_shards.py"), "--src", str(src),
+                          "--dst", str(dst), "--no-use-ray", "--clip-len", "2", "--stride", "2", "--size", "32"],
+                         capture_output=True, text=True, timeout=120)
+    assert job.returncode == 1, job.stderr[-2000:]
+    assert job.stderr.strip().splitlines()[-1].startswith("build_shards.py: error: no video sharded; 1 failed for a reason that is not")
+    (row,) = pd.read_parquet(dst / "failures.parquet").to_dict("records")
+    assert row["relpath"] == "a.mp4" and row["error_kind"] == "internal"
+
+    bad = tmp_path / "bad"                      # only the input's fault: rows, exit 0
+    bad.mkdir()
+    (bad / "text.mp4").write_text("not a video")
+    job = subprocess.run([sys.executable, os.path.join(REPO, "jobs", "build_shards.py"), "--src", str(bad),
+                          "--dst", str(tmp_path / "s2"), "--no-use-ray"], capture_output=True, text=True, timeout=120)
+    assert job.returncode == 0, job.stderr[-2000:]
+    (row,) = pd.read_parquet(tmp_path / "s2" / "failures.parquet").to_dict("records")
+    assert row["error_kind"] == "input"
+
+
+def test_refused_s3_credentials_are_one_line_naming_the_flag_and_url(s3_bucket, tmp_path):
+    """A real S3 server on loopback answering 403 (wrong secret): both jobs exit 2 with one line
+    naming the flag and the URL, before anything is written."""
+    env = dict(os.environ, AWS_SECRET_ACCESS_KEY="wrong")
+    runs = {"--src": ["jobs/restore.py", "--src", f"{s3_bucket}/raw", "--dst", str(tmp_path / "out"), "--no-ray"],
+            "--dst": ["jobs/build_shards.py", "--src", REPO + "/tests", "--dst", f"{s3_bucket}/shards", "--no-use-ray"]}
+    for flag, cmd in runs.items():
+        job = subprocess.run([sys.executable, os.path.join(REPO, cmd[0]), *cmd[1:]], env=env, capture_output=True,
+                             text=True, timeout=120)
+        url = cmd[cmd.index(flag) + 1]
+        assert job.returncode == 2, job.stderr[-2000:]
+        (line,) = job.stderr.strip().splitlines()
+        assert f"error: {flag} {url}: access denied" in line, line
+    assert not (tmp_path / "out").exists()

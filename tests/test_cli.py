@@ -36,6 +36,42 @@ def test_tuple_flag_repeats_and_replaces_the_default():
 
 
 @dataclasses.dataclass(frozen=True)
+class Inner:
+    pretrained: str = "hub/model"         # which weights
+    steps: tuple[int, ...] = (4, 2)       # a schedule
+
+    def __post_init__(self):
+        if any(a <= b for a, b in zip(self.steps, self.steps[1:])):
+            raise ValueError(f"steps must be decreasing, got {self.steps}")
+
+
+@dataclasses.dataclass(frozen=True)
+class Outer:
+    lr: float = 1e-4                      # learning rate
+    inner: Inner = dataclasses.field(default_factory=Inner, metadata={"flags": {"pretrained": "teacher"}})
+
+
+def test_a_nested_config_is_flags_of_its_own_fields(capsys):
+    """Each field of a nested config is one flag (renamed where asked), its default stated
+    once in the nested config; build() and from_dict() make the same configs."""
+    assert [f.name for f in cli.flags(Outer)] == ["lr", "teacher", "steps"]
+    cfg = cli.parse(Outer, ["--teacher", "local/dir", "--steps", "9", "3", "1", "--lr", "0.5"])
+    assert cfg == Outer(lr=0.5, inner=Inner(pretrained="local/dir", steps=(9, 3, 1)))
+    assert cli.parse(Outer, []) == Outer()
+    assert cli.build(Outer, teacher="local/dir", steps=[9, 3, 1], lr=0.5) == cfg
+    assert cli.build(Outer, cfg, steps=(2,)) == Outer(lr=0.5, inner=Inner(pretrained="local/dir", steps=(2,)))
+    assert cli.from_dict(Outer, dataclasses.asdict(cfg)) == cfg
+    with pytest.raises(TypeError, match="no flag pretrained"):
+        cli.build(Outer, pretrained="x")        # the flag is --teacher
+    with pytest.raises(SystemExit):              # the nested config's own check, one line naming the flag
+        cli.parse(Outer, ["--steps", "1", "2"])
+    assert "error: --steps: must be decreasing, got (1, 2)" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        cli.parse(Outer, ["--help"])
+    assert "--teacher TEACHER     which weights (default: hub/model)" in capsys.readouterr().out
+
+
+@dataclasses.dataclass(frozen=True)
 class Documented:
     # --- a section header (not help text)
     plain: int = 1                        # one line of help
@@ -58,11 +94,12 @@ def test_help_is_each_fields_comment(capsys):
 
 
 def test_every_job_flag_has_a_sentence():
-    """The real configs: every field of the restore and distillation jobs is explained."""
+    """The real configs: every flag of the restore and distillation jobs is explained, those of
+    nested configs (the distillation's losses and upscaler) included."""
     from pipelines.restore.config import RestoreConfig
     from pipelines.train.distill import DistillTrainConfig
 
     for cls in (RestoreConfig, DistillTrainConfig):
-        missing = [f.name for f in dataclasses.fields(cls) if not cli.field_help(cls, f.name)]
+        missing = [f.name for f in cli.flags(cls) if not f.help]
         assert missing == [], (cls.__name__, missing)
     assert "rate factor" in cli.field_help(RestoreConfig, "crf")

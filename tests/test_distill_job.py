@@ -18,6 +18,7 @@ from models.flow import build, flow_preset
 from models.flow import save as save_flow
 from models.presets import save_tiny_pretrained
 from pipelines import model_folder
+from pipelines.common import cli
 from pipelines.data.loaders import LoaderConfig, make_distill_loader
 from pipelines.data.shards import ShardConfig, build_shards
 from pipelines.train.distill import (DistillTrainConfig, build_models, check_config, distill, distill_step,
@@ -50,7 +51,7 @@ def small_config(assets, tmp_path, **kw) -> DistillTrainConfig:
                 num_workers=1, batch_size=1, steps=2, crop=HQ, clip_len=CLIP, loader_workers=0,
                 tlpips_backbone="random", degrade="clean", lr=1e-4, d_lr=1e-4, checkpoint_every=2, report_every=1)
     base.update(kw)
-    return DistillTrainConfig(**base)
+    return cli.build(DistillTrainConfig, **base)
 
 
 def tensors(path) -> dict[str, torch.Tensor]:
@@ -101,7 +102,7 @@ def test_export_restores_exactly_what_the_trained_model_restores(assets, tmp_pat
                                  rank=0, world_size=1)
     up.train()
     for step, batch in zip(range(2), loader):
-        metrics = distill_step(models, g_engine, d_engine, batch, cfg.distill_config(),
+        metrics = distill_step(models, g_engine, d_engine, batch, cfg.loss,
                                torch.Generator().manual_seed(step))
         assert {"loss", "distill", "adv_g", "tlpips", "d_loss"} <= set(metrics)
         assert all(torch.isfinite(torch.tensor(v)) for v in metrics.values())
@@ -139,7 +140,7 @@ def test_bad_options_fail_early_with_the_flag(assets, tmp_path):
         check_config(small_config(assets, tmp_path, flow=str(tmp_path / "missing.safetensors")))
     with pytest.raises(ValueError, match="--teacher"):
         check_config(small_config(assets, tmp_path, teacher=str(tmp_path)))
-    with pytest.raises(ValueError, match="previous_frame"):
+    with pytest.raises(ValueError, match="--previous-frame"):
         check_config(small_config(assets, tmp_path, previous_frame="future"))
 
 
@@ -155,7 +156,7 @@ def emulate_ranks(cfg: DistillTrainConfig, steps: int):
     lcfg = LoaderConfig(batch_size=cfg.batch_size // world, num_workers=0, seed=cfg.seed, degrade=cfg.degrade,
                         crop=cfg.crop, clip_len=cfg.clip_len)
     data = [iter(make_distill_loader(cfg.shards, lcfg, rank=r, world_size=world, epoch=0)) for r in range(world)]
-    dcfg = cfg.distill_config()
+    dcfg = cfg.loss
     up.train()
     for step in range(steps):
         batches = [next(it) for it in data]

@@ -85,11 +85,12 @@ def test_workers_get_credentials_and_model_caches():
                                                     (30, "light", "multiple of 4"),
                                                     (64, "bogus", "--degrade 'bogus'")])
 def test_distill_crop_is_checked_against_the_preset_before_ray(crop, degrade, message, tmp_path):
+    from pipelines.common import cli
     from pipelines.train.distill import DistillTrainConfig, check_config
 
-    cfg = DistillTrainConfig(crop=crop, degrade=degrade, teacher="tiny", flow="none", shards=str(tmp_path),
-                             tlpips_backbone="random")
+    cfg = cli.build(DistillTrainConfig, crop=crop, degrade=degrade, teacher="tiny", flow="none",
+                    shards=str(tmp_path), tlpips_backbone="random")
     with pytest.raises(ValueError, match=message):
         check_config(cfg)
-    check_config(DistillTrainConfig(crop=64, degrade="heavy", teacher="tiny", flow="none", shards=str(tmp_path),
-                                    tlpips_backbone="random"))
+    check_config(cli.build(DistillTrainConfig, crop=64, degrade="heavy", teacher="tiny", flow="none",
+                           shards=str(tmp_path), tlpips_backbone="random"))

@@ -21,8 +21,9 @@ def check_timesteps(timesteps, name: str) -> None:
 
 @dataclasses.dataclass(frozen=True)
 class UpscalerConfig:
-    # hub id, local dir (unet/ vae/ scheduler/ low_res_scheduler/), or a built-in random
-    # architecture ("tiny", "sd-x4-random")
+    # the prior: a hub id (the paper's SD x4 Upscaler), a save_pretrained folder (unet/ vae/ scheduler/
+    # low_res_scheduler/; jobs/train_prior.py's export, local or s3://), or a built-in random
+    # architecture ("small", "tiny", "sd-x4-random")
     pretrained: str = SD_X4_REPO
     prompt: str = ""                                      # the one fixed prompt; "" = no text guidance
     negative_prompt: str = ""                             # the teacher's guidance baseline (the pipeline's "")

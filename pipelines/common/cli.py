@@ -9,6 +9,13 @@ lists take several values and the flag repeats (`--method a=x --method b=y` is t
 `--method a=x b=y`; a given flag replaces the default, it does not add to it);
 `Optional[...]` fields accept `none`.
 
+A field whose type is itself a config (e.g. `loss: DistillConfig`) is not one flag: each of
+its fields is a flag of its own, named as in the nested config (`--lambda-adv`), explained by
+that config's comments, so every default is stated once, in the config that uses it.
+`metadata={"flags": {"pretrained": "teacher"}}` on the nested field renames a flag.
+`build(MyConfig, lambda_adv=0.0)` makes a config from flag-named values the same way, and
+`from_dict` rebuilds one from `dataclasses.asdict` (e.g. after a trip through Ray).
+
 User errors are one line and exit 2, before any work: a config's `__post_init__` raises
 `ValueError("--flag: reason")`, which `parse` prints as `<prog>: error: --flag: reason`; a
 job raises `UsageError` for what only the run can check (a missing --src, a bad --model),
@@ -22,7 +29,6 @@ import dataclasses
 import functools
 import inspect
 import io
-import json
 import re
 import sys
 import tokenize
@@ -102,46 +108,121 @@ def field_help(config_cls, name: str) -> str:
     return ""
 
 
-def add_arguments(parser: argparse.ArgumentParser, config_cls, defaults=None) -> None:
+class _Flag(typing.NamedTuple):
+    path: tuple[str, ...]        # field names from the top config down, e.g. ("loss", "lambda_adv")
+    name: str                    # flag name with underscores ("lambda_adv" -> --lambda-adv)
+    tp: object                   # the field's type, Optional removed
+    optional: bool
+    default: object
+    help: str
+
+
+def flags(config_cls, defaults=None, path: tuple[str, ...] = (), renames=None) -> list[_Flag]:
+    """Every flag of `config_cls`, nested configs flattened (see the module docstring)."""
     hints = typing.get_type_hints(config_cls)
-    defaults = defaults or config_cls()
+    defaults = defaults if defaults is not None else config_cls()
+    renames = renames or {}
+    out: list[_Flag] = []
     for field in dataclasses.fields(config_cls):
         if not field.init:
             continue
         tp, optional = _base_type(hints[field.name])
-        flag = "--" + field.name.replace("_", "-")
         default = getattr(defaults, field.name)
-        text = field.metadata.get("help") or field_help(config_cls, field.name)
-        help_text = ((text + " " if text else "") + f"(default: {default})").replace("%", "%%")
-        if tp is bool:
-            parser.add_argument(flag, dest=field.name, action=argparse.BooleanOptionalAction,
-                                default=default, help=help_text)
+        if dataclasses.is_dataclass(tp):
+            out += flags(tp, default, path + (field.name,), field.metadata.get("flags", {}))
             continue
-        conv = _converter(tp)
-        if optional:
+        text = field.metadata.get("help") or field_help(config_cls, field.name)
+        out.append(_Flag(path + (field.name,), renames.get(field.name, field.name), tp, optional, default, text))
+    names = [f.name for f in out]
+    clashes = sorted({n for n in names if names.count(n) > 1})
+    if clashes:
+        raise TypeError(f"{config_cls.__name__}: flags {clashes} come from more than one field; rename them")
+    return out
+
+
+def add_arguments(parser: argparse.ArgumentParser, config_cls, defaults=None) -> None:
+    for f in flags(config_cls, defaults):
+        flag = "--" + f.name.replace("_", "-")
+        dest = ".".join(f.path)
+        help_text = ((f.help + " " if f.help else "") + f"(default: {f.default})").replace("%", "%%")
+        metavar = f.name.upper()
+        if f.tp is bool:
+            parser.add_argument(flag, dest=dest, action=argparse.BooleanOptionalAction,
+                                default=f.default, help=help_text)
+            continue
+        conv = _converter(f.tp)
+        if f.optional:
             inner = conv
             conv = lambda s, inner=inner: None if s.lower() == "none" else inner(s)  # noqa: E731
-        if typing.get_origin(tp) in (tuple, list):
-            parser.add_argument(flag, dest=field.name, type=conv, nargs="+", action=_Repeatable,
-                                default=default, help=help_text)
+        if typing.get_origin(f.tp) in (tuple, list):
+            parser.add_argument(flag, dest=dest, type=conv, nargs="+", action=_Repeatable,
+                                default=f.default, help=help_text, metavar=metavar)
             continue
+        parser.add_argument(flag, dest=dest, type=conv, default=f.default, help=help_text, metavar=metavar)
+
+
+def _assemble(config_cls, values: dict[tuple[str, ...], object], base=None):
+    """A `config_cls` from {field path: value}, nested configs built from their own paths."""
+    hints = typing.get_type_hints(config_cls)
+    kwargs = {}
+    for field in dataclasses.fields(config_cls):
+        if not field.init:
+            continue
+        tp, _ = _base_type(hints[field.name])
         if dataclasses.is_dataclass(tp):
-            conv = json.loads
-        parser.add_argument(flag, dest=field.name, type=conv, default=default, help=help_text)
+            inner = {p[1:]: v for p, v in values.items() if p[0] == field.name}
+            if inner:
+                try:
+                    kwargs[field.name] = _assemble(tp, inner, getattr(base, field.name) if base is not None else None)
+                except ValueError as exc:     # "noise_level must be ..." from a nested config -> "--noise-level: ..."
+                    raise ValueError(_name_the_flag(str(exc), flags(tp), field.metadata.get("flags", {}))) from None
+            continue
+        if (field.name,) in values:
+            value = values[(field.name,)]
+            kwargs[field.name] = tuple(value) if typing.get_origin(tp) is tuple and isinstance(value, list) else value
+    return dataclasses.replace(base, **kwargs) if base is not None else config_cls(**kwargs)
+
+
+def _name_the_flag(message: str, nested: list[_Flag], renames: dict) -> str:
+    """A nested config's error that starts with one of its field names, restated with the flag."""
+    for f in nested:
+        field = f.path[-1]
+        if message.startswith(field + " "):
+            return f"--{renames.get(field, field).replace('_', '-')}: {message[len(field) + 1:]}"
+    return message
 
 
 def from_namespace(config_cls, namespace: argparse.Namespace, base=None):
+    values = {f.path: getattr(namespace, ".".join(f.path)) for f in flags(config_cls, base)
+              if hasattr(namespace, ".".join(f.path))}
+    return _assemble(config_cls, values, base)
+
+
+def build(config_cls, base=None, **values):
+    """`config_cls` (or `base` with changes) from values named as its flags, nested configs
+    included: `build(DistillTrainConfig, teacher="small", lambda_adv=0.0)`."""
+    by_name = {f.name: f.path for f in flags(config_cls, base)}
+    unknown = sorted(set(values) - set(by_name))
+    if unknown:
+        raise TypeError(f"{config_cls.__name__} has no flag {', '.join(unknown)}")
+    return _assemble(config_cls, {by_name[k]: v for k, v in values.items()}, base)
+
+
+def from_dict(config_cls, values: dict):
+    """The config that `dataclasses.asdict` turned into `values` (nested dicts, lists for tuples)."""
     hints = typing.get_type_hints(config_cls)
-    values = {}
+    kwargs = {}
     for field in dataclasses.fields(config_cls):
-        if not field.init or not hasattr(namespace, field.name):
+        if not field.init or field.name not in values:
             continue
-        value = getattr(namespace, field.name)
         tp, _ = _base_type(hints[field.name])
-        if typing.get_origin(tp) is tuple and isinstance(value, list):
+        value = values[field.name]
+        if dataclasses.is_dataclass(tp) and isinstance(value, dict):
+            value = from_dict(tp, value)
+        elif typing.get_origin(tp) is tuple and isinstance(value, list):
             value = tuple(value)
-        values[field.name] = value
-    return dataclasses.replace(base, **values) if base is not None else config_cls(**values)
+        kwargs[field.name] = value
+    return config_cls(**kwargs)
 
 
 def require(ok: bool, flag: str, rule: str, value) -> None:

@@ -121,6 +121,23 @@ def exists(url: str) -> bool:
     return fs.exists(path)
 
 
+def check_access(url: str, flag: str) -> None:
+    """Before any work: `UsageError` naming `flag` and `url` when the store refuses us (S3 403:
+    bad credentials or no permission; a local folder we may not read). A missing path is not
+    refused here: each job says what it needs to exist."""
+    from pipelines.common.cli import UsageError
+
+    fs, path = filesystem(url)
+    try:
+        fs.exists(path)
+        if not is_remote(url) and os.path.isdir(path):
+            os.listdir(path)
+    except PermissionError as exc:
+        hint = ("; check the credentials (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY or AWS_PROFILE) and "
+                "AWS_ENDPOINT_URL" if is_remote(url) else "")
+        raise UsageError(f"{flag} {url}: access denied ({' '.join(str(exc).split())[:200]}){hint}") from None
+
+
 def size(url: str) -> int:
     fs, path = filesystem(url)
     return int(fs.size(path))

@@ -99,6 +99,9 @@ def probe(url: str) -> VideoInfo:
             frames = len(timestamps)
             if frames == 0:
                 raise VideoError(url, "video stream has no frames")
+            declared = int(stream.frames or 0)   # MP4/MOV: the sample table's count; 0 where unknown
+            if frames < declared:                # cut at a packet boundary: demuxes cleanly, but shorter
+                raise VideoError(url, f"truncated: {frames} of the {declared} frames its container declares")
             deltas = np.diff(np.sort(np.array(timestamps, dtype=np.int64))) if len(timestamps) > 2 else np.array([])
             vfr = bool(deltas.size and (deltas.max() - deltas.min()) > max(1, 0.1 * np.median(deltas)))
             container.seek(0)

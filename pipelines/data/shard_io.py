@@ -67,7 +67,7 @@ def no_clips_reason(cfg: ShardConfig, shots: list) -> str:
 def _result(item: dict, status: str, **values) -> dict:
     """One Ray Data output row per video; every column always present with one type."""
     row = {"url": item["url"], "relpath": item["relpath"], "video_key": item["video_key"], "status": status,
-           "stage": "", "error": "", "frames": 0, "shots": 0, "clips": 0, "shards": 0, "bytes": 0,
+           "stage": "", "error": "", "error_kind": "", "frames": 0, "shots": 0, "clips": 0, "shards": 0, "bytes": 0,
            "shards_written": 0, "bytes_written": 0, "seconds": 0.0, "download_s": 0.0, "decode_s": 0.0,
            "shots_s": 0.0, "resize_s": 0.0, "encode_s": 0.0, "write_s": 0.0, "note": ""}
     row.update(values)
@@ -141,7 +141,8 @@ def _parquet(rows: list[dict], columns: list[str]) -> bytes:
 MANIFEST_COLUMNS = ["key", "shard", "index", "source", "relpath", "video_key", "shot", "shot_start", "shot_end",
                     "first_frame", "frames", "fps", "width", "height", "out_height", "out_width", "crop_y",
                     "crop_x", "bytes"]
-FAILURE_COLUMNS = ["file", "relpath", "stage", "error"]
+# error_kind: "input" (the video itself: unreadable, too small, ...) or "internal" (the setup: dst, S3, a bug)
+FAILURE_COLUMNS = ["file", "relpath", "stage", "error", "error_kind"]
 
 
 def _normalise(url: str) -> str:
@@ -154,6 +155,8 @@ def check_paths(cfg: ShardConfig) -> None:
         raise UsageError("--src is required: a folder or s3:// prefix of videos")
     if not cfg.dst:
         raise UsageError("--dst is required")
+    storage.check_access(cfg.src, "--src")
+    storage.check_access(cfg.dst, "--dst")
     fs, path = storage.filesystem(cfg.src)
     if not storage.is_remote(cfg.src) and os.path.islink(path) and not os.path.exists(path):
         raise UsageError(f"--src {cfg.src}: {storage._special_reason(path)}")

@@ -31,6 +31,7 @@ rebuilt from the parts, so it lists exactly the clips in the tars the parts name
 from __future__ import annotations
 
 import dataclasses
+import contextlib
 import hashlib
 import json
 import os
@@ -337,14 +338,18 @@ def _process_video(item: dict, cfg: ShardConfig) -> dict:
             stage, exc = exc.stage, exc.error
         # The video is not done: its part goes (it may name shards now gone) and so do its
         # shards, which no manifest would list.
-        storage.remove(storage.join(cfg.dst, "parts", f"{item['video_key']}.json"))
-        for name in set(existing) | set(run.written if run else []):
-            storage.remove(storage.join(cfg.dst, name))
+        leftovers = [storage.join(cfg.dst, "parts", f"{item['video_key']}.json")]
+        leftovers += [storage.join(cfg.dst, name) for name in set(existing) | set(run.written if run else [])]
+        for url in leftovers:
+            with contextlib.suppress(OSError):   # a dst that refuses writes may refuse this too: the row says why
+                storage.remove(url)
         # VideoError names the local copy; the row names the source, so keep the reason, and
         # name the source where FFmpeg quotes the temporary file (the row must not vary by run).
         error = exc.reason if isinstance(exc, video.VideoError) else f"{exc.__class__.__name__}: {exc}"
         error = error.replace(path, item["url"]) if path else error
-        return _result(item, "failed", stage=stage, error=error[:2000], seconds=time.perf_counter() - start)
+        kind = "input" if isinstance(exc, video.VideoError) else "internal"
+        return _result(item, "failed", stage=stage, error=error[:2000], error_kind=kind,
+                       seconds=time.perf_counter() - start)
 
 
 # ---------------------------------------------------------------- 4. the driver
@@ -407,7 +412,8 @@ def _build(cfg: ShardConfig, tmpdir: str) -> dict:
     # 2. Process (Ray Data), a line per finished video.
     results: list[dict] = [_result({"url": u, "relpath": storage.relative_to(u, base),
                                     "video_key": video_key(storage.relative_to(u, base))},
-                                   "failed", stage="list", error=reason) for u, reason in unreadable.items()]
+                                   "failed", stage="list", error=reason, error_kind="input")
+                            for u, reason in unreadable.items()]
 
     def on_row(row: dict) -> None:
         results.append(row)
@@ -428,8 +434,9 @@ def _build(cfg: ShardConfig, tmpdir: str) -> dict:
     rows = sorted((r for p in parts.values() for r in p["clips"]), key=lambda r: (r["shard"], r["index"]))
     manifest_changed = _write_if_changed(storage.join(cfg.dst, "manifest.parquet"), _parquet(rows, MANIFEST_COLUMNS))
     failed = [r for r in results if r["status"] == "failed"]
-    failures = [{"file": r["url"], "relpath": r["relpath"], "stage": r["stage"], "error": r["error"]}
-                for r in sorted(failed, key=lambda r: r["url"])]
+    failures = [{"file": r["url"], "relpath": r["relpath"], "stage": r["stage"], "error": r["error"],
+                 "error_kind": r["error_kind"]} for r in sorted(failed, key=lambda r: r["url"])]
+    not_input = [f for f in failures if f["error_kind"] != "input"]
     _write_if_changed(storage.join(cfg.dst, "failures.parquet"), _parquet(failures, FAILURE_COLUMNS))
 
     # 4. Summary: totals over the manifest, and what this run did.
@@ -448,6 +455,8 @@ def _build(cfg: ShardConfig, tmpdir: str) -> dict:
         "clips_written": clips_made, "shards_written": sum(r["shards_written"] for r in new),
         "bytes_written": sum(r["bytes_written"] for r in new), "manifest_written": manifest_changed,
         "failures": len(failures),
+        # failed for a reason that is not the video's (dst, S3, a bug): the job exits 1 if nothing was done
+        "failed_not_input": len(not_input), "first_not_input_error": not_input[0]["error"][:300] if not_input else "",
         # videos done without a clip (shorter than --clip-len, or only short shots), over every run
         "videos_without_clips": len(no_clips), "no_clips": no_clips, "seconds": seconds, "clips_per_s": clips_made / seconds,
         "mb_per_s": sum(r["bytes"] for r in new) / 1e6 / seconds,

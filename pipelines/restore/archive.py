@@ -265,6 +265,8 @@ def restore_archive(cfg: RestoreConfig) -> dict:
 
 def _restore_archive(cfg: RestoreConfig, tmpdir: str, guard: _SigtermGuard) -> dict:
     t0 = time.time()
+    storage.check_access(cfg.src, "--src")
+    storage.check_access(cfg.dst, "--dst")
     check_encoder(cfg)
     _check_device(cfg)
     murl = manifest_url(cfg)

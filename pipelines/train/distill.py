@@ -59,10 +59,12 @@ from pathlib import Path
 
 import torch
 
+from models.upscaler.config import UpscalerConfig
 from pipelines import model_folder
-from pipelines.common import storage
+from pipelines.common import cli, storage
 from pipelines.common.devices import parse_dtype
 from pipelines.train import common as tc
+from pipelines.train.distill_step import DistillConfig
 
 BUILTIN_TEACHERS = ("small", "tiny", "sd-x4-random")
 
@@ -76,15 +78,14 @@ class DistillTrainConfig(tc.TrainRunConfig):
     report_every: int = 10                 # steps between metric reports
     # --- data and models
     shards: str = "runs/demo/shards"       # WebDataset clip shards from jobs/build_shards.py (local or s3://)
-    # the frozen prior: a folder in save_pretrained layout (local or s3://; jobs/train_prior.py's export),
-    # a hub id (the paper's: SD x4 Upscaler), or "tiny" / "sd-x4-random" (random weights, built in code)
-    teacher: str = "stabilityai/stable-diffusion-x4-upscaler"
     flow: str = "runs/demo/drfa/drfa.safetensors"  # DRFA export (jobs/pretrain_drfa.py), frozen; "none": zero flow
     out: str = "runs/demo/model"           # export folder: one complete restorable model (see module doc)
-    prompt: str = ""                       # the prior's fixed prompt ("" = no text guidance)
-    negative_prompt: str = ""              # the teacher's classifier-free guidance baseline (the pipeline's "")
-    guidance_scale: float = 9.0            # teacher's guidance scale (the pipeline's 9; a no-op for prompt "")
     model_seed: int = 0                    # weights of a built-in teacher ("tiny")
+    # the upscaler (stored in the export's restorer.json): the frozen prior (`pretrained`, the flag
+    # --teacher), prompt, guidance, noise level, T_student, temporal encoding; each field a flag
+    upscaler: UpscalerConfig = dataclasses.field(default_factory=UpscalerConfig,
+                                                 metadata={"flags": {"pretrained": "teacher"}})
+    vae_dtype: str = "float32"             # the x4 VAE overflows in half precision: fp32 on GPU too
     # --- the paper's recipe (Sec. 3.1)
     steps: int = 5000                      # optimizer steps of each of G and D (paper: 5000)
     batch_size: int = 8                    # clips per step over all workers (paper: 8); a multiple of num_workers
@@ -93,29 +94,13 @@ class DistillTrainConfig(tc.TrainRunConfig):
     adam_beta1: float = 0.9                # Adam betas (the paper names Adam only: torch's defaults)
     adam_beta2: float = 0.999              # (torch's default, as beta1)
     grad_clip: float = 0.0                 # gradient-norm clip of both engines; 0 = none (the paper names none)
-    student_timesteps: tuple[int, ...] = (750, 500, 250, 0)  # T_student (paper); the first starts from noise
-    distill_weight: float = 1.0            # weight of L_distill (Eq. 6)
-    lambda_adv: float = 0.05               # lambda1 (paper); 0 also skips the discriminator updates
-    lambda_tlpips: float = 0.1             # lambda2 (paper)
-    lambda_rec: float = 0.0                # MSE of the student's x0 to the ground truth; not in the paper (0)
-    adversarial_form: str = "hinge"        # hinge (ADD) | non_saturating | paper (Eq. 3-4 literally)
-    distill_weighting: str = "alpha_bar"   # c(tau): alpha_bar (ADD) | sds
-    teacher_t_min: int = 20                # teacher re-noising timesteps tau ~ U[min, max] (of 1000)
-    teacher_t_max: int = 980               # ... and their upper bound
-    student_input: str = "sampled"         # student input at s: sampled (its sampler's own, no grad) | noise_first | diffused_real (ADD)
-    previous_frame: str = "sampled"        # temporal input of frame t: sampled (as inference) | student | gt
-    discriminator_isolation: str = "detached"  # how D stays out of the generator's backward: detached | requires_grad
-    train_timesteps: tuple[int, ...] = ()  # T_student entries training draws s from; () = all (e.g. 750 500 250: no t=0)
+    # the losses (Eq. 6) and the student's training inputs; each field a flag (--lambda-adv ...)
+    loss: DistillConfig = dataclasses.field(default_factory=DistillConfig)
     d_head_channels: int = 0               # D head width; 0 = min(128, the prior's first block width)
     d_train_encoder: bool = True           # False: D trains its heads only, its encoder stays the prior's (LADD)
     gradient_checkpointing: bool = False   # recompute the student's block activations in backward (less memory)
     tlpips_net: str = "alex"               # T-LPIPS feature net: alex | vgg
     tlpips_backbone: str = "pretrained"    # pretrained (ImageNet, local torch hub cache) | random (tests only)
-    # --- upscaler (stored in the export's restorer.json)
-    noise_level: int = 20                  # low-res noise augmentation (the x4 pipeline's default)
-    temporal_encoding: str = "unshuffle"   # warped previous frame at latent size: unshuffle | bilinear
-    flow_iters: int = 0                    # DRFA refinement iterations; 0 = the flow net's default
-    vae_dtype: str = "float32"             # the x4 VAE overflows in half precision: fp32 on GPU too
     # --- clips (not in the paper)
     crop: int = 256                        # HQ crop side in px (LQ = crop / 4; the sd-x4 UNet needs LQ % 8 == 0)
     clip_len: int = 3                      # frames per clip (>= 2 for T-LPIPS); each adds a grad UNet + VAE decode
@@ -123,24 +108,10 @@ class DistillTrainConfig(tc.TrainRunConfig):
     loader_workers: int = 2                # DataLoader worker processes per Ray worker
     seed: int = 0                          # data order, degradations, training noise, D's heads
 
-    def distill_config(self):
-        from pipelines.train.distill_step import DistillConfig
-
-        return DistillConfig(
-            distill_weight=self.distill_weight, lambda_adv=self.lambda_adv, lambda_tlpips=self.lambda_tlpips,
-            lambda_rec=self.lambda_rec,
-            adversarial_form=self.adversarial_form, distill_weighting=self.distill_weighting,
-            teacher_t_min=self.teacher_t_min, teacher_t_max=self.teacher_t_max,
-            student_input=self.student_input, previous_frame=self.previous_frame,
-            discriminator_isolation=self.discriminator_isolation, train_timesteps=tuple(self.train_timesteps))
-
-    def upscaler_config(self, pretrained: str | None = None):
-        from models.upscaler.config import UpscalerConfig
-
-        return UpscalerConfig(pretrained=pretrained or self.teacher, prompt=self.prompt,
-                              negative_prompt=self.negative_prompt, guidance_scale=self.guidance_scale,
-                              noise_level=self.noise_level, student_timesteps=tuple(self.student_timesteps),
-                              temporal_encoding=self.temporal_encoding, flow_iters=self.flow_iters or None)
+    @property
+    def teacher(self) -> str:
+        """The frozen prior (--teacher): `upscaler.pretrained`."""
+        return self.upscaler.pretrained
 
 
 # --------------------------------------------------------------------------- validation
@@ -148,16 +119,14 @@ class DistillTrainConfig(tc.TrainRunConfig):
 
 def check_config(cfg: DistillTrainConfig) -> None:
     """Fail fast, in the driver, with the flag and the reason (ValueError)."""
-    cfg.distill_config()                    # validates the loss options
-    cfg.upscaler_config()                   # validates timesteps, noise level, encoding
     if cfg.steps < 1 or cfg.batch_size < 1 or cfg.num_workers < 1:
         raise ValueError(f"--steps {cfg.steps}, --batch-size {cfg.batch_size} and --num-workers "
                          f"{cfg.num_workers} must be >= 1")
     if cfg.batch_size % cfg.num_workers:
         raise ValueError(f"--batch-size {cfg.batch_size} (clips per step over all workers) must be a "
                          f"multiple of --num-workers {cfg.num_workers}")
-    if cfg.lambda_tlpips > 0 and cfg.clip_len < 2:
-        raise ValueError(f"--clip-len {cfg.clip_len}: T-LPIPS (--lambda-tlpips {cfg.lambda_tlpips}) needs >= 2 frames")
+    if cfg.loss.lambda_tlpips > 0 and cfg.clip_len < 2:
+        raise ValueError(f"--clip-len {cfg.clip_len}: T-LPIPS (--lambda-tlpips {cfg.loss.lambda_tlpips}) needs >= 2 frames")
     if cfg.checkpoint_every < 1 or cfg.report_every < 1:
         raise ValueError("--checkpoint-every and --report-every must be >= 1")
     if cfg.tlpips_backbone not in ("pretrained", "random") or cfg.tlpips_net not in ("alex", "vgg"):
@@ -175,7 +144,7 @@ def check_config(cfg: DistillTrainConfig) -> None:
         check_size(preset(cfg.degrade, scale=4), cfg.crop, cfg.crop, what=f"--crop {cfg.crop}")
     except ValueError as exc:
         raise ValueError(f"{exc} (--degrade {cfg.degrade})") from None
-    if cfg.lambda_tlpips > 0 and cfg.tlpips_backbone == "pretrained":
+    if cfg.loss.lambda_tlpips > 0 and cfg.tlpips_backbone == "pretrained":
         from models import losses
 
         hub = getattr(losses, "_hub_checkpoint", None)
@@ -219,14 +188,15 @@ def build_models(cfg: DistillTrainConfig, device: torch.device | str = "cpu", dt
 
     device = torch.device(device)
     with storage.local_dir(cfg.teacher) as teacher:
-        bundle = load_bundle(teacher, prompt=cfg.prompt, negative_prompt=cfg.negative_prompt, seed=cfg.model_seed)
+        bundle = load_bundle(teacher, prompt=cfg.upscaler.prompt, negative_prompt=cfg.upscaler.negative_prompt,
+                             seed=cfg.model_seed)
     flow_net = None
     if cfg.flow.lower() != "none":
         from models.flow import load as load_flow
 
         with storage.local_copy(cfg.flow) as path:
             flow_net = load_flow(path)
-    up = VideoUpscaler(bundle, cfg.upscaler_config(), flow_net, device=device, dtype=dtype,
+    up = VideoUpscaler(bundle, cfg.upscaler, flow_net, device=device, dtype=dtype,
                        vae_dtype=parse_dtype(cfg.vae_dtype))
     head = cfg.d_head_channels or min(128, int(up.teacher.config.block_out_channels[0]))
     with torch.random.fork_rng(devices=[]):
@@ -238,7 +208,7 @@ def build_models(cfg: DistillTrainConfig, device: torch.device | str = "cpu", dt
             # backward with D's real parameters, which the isolation keeps out of that graph
             up.student.enable_gradient_checkpointing()
         tlpips = None
-        if cfg.lambda_tlpips > 0:
+        if cfg.loss.lambda_tlpips > 0:
             tlpips = TemporalLPIPS(net=cfg.tlpips_net, backbone=cfg.tlpips_backbone).to(device)
     return DistillModels(up, disc, tlpips), bundle
 
@@ -304,7 +274,7 @@ def _batches(cfg: DistillTrainConfig, micro_batch: int, scale: int, rank: int, w
 def train_loop_per_worker(config: dict) -> None:
     import ray.train
 
-    cfg = DistillTrainConfig(**config)
+    cfg = cli.from_dict(DistillTrainConfig, config)
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     device = torch.device("cpu")
@@ -316,7 +286,7 @@ def train_loop_per_worker(config: dict) -> None:
     ds_config = tc.load_deepspeed_config(cfg.deepspeed_config, micro, cfg.use_gpu, cfg.zero_stage,
                                          grad_clip=cfg.grad_clip)
     half = torch.bfloat16 if ds_config.get("bf16", {}).get("enabled") is True else torch.float32
-    dcfg = cfg.distill_config()
+    dcfg = cfg.loss
 
     # 1. Models (identical on every rank), one DeepSpeed engine + Adam each for student and D.
     torch.manual_seed(cfg.seed)

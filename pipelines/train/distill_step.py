@@ -74,7 +74,7 @@ class DistillConfig:
     adversarial_form: str = "hinge"          # "hinge" (ADD; default), "non_saturating", "paper" (Eq. 3-4 literally)
     distill_weighting: str = "alpha_bar"     # c(tau): "alpha_bar" (ADD) or "sds"
     teacher_t_min: int = 20                  # teacher re-noising timesteps tau ~ U[min, max] (of 1000)
-    teacher_t_max: int = 980
+    teacher_t_max: int = 980                 # ... and their upper bound
     # the student's input at s: "sampled" = what its few-step sampler feeds it there (no grad);
     # "noise_first" = pure noise at T_student[0], the real latent forward-diffused to s later;
     # "diffused_real" = the real latent forward-diffused to s at every s (ADD)
@@ -93,7 +93,7 @@ class DistillConfig:
                   ("discriminator_isolation", ("detached", "requires_grad"))]
         for name, allowed in checks:
             if getattr(self, name) not in allowed:
-                raise ValueError(f"DistillConfig.{name} must be one of {allowed}, got {getattr(self, name)!r}")
+                raise ValueError(f"--{name.replace('_', '-')}: must be one of {allowed}, got {getattr(self, name)!r}")
         if not 0 <= self.teacher_t_min <= self.teacher_t_max <= 999:
             raise ValueError(f"need 0 <= teacher_t_min <= teacher_t_max <= 999, got "
                              f"{self.teacher_t_min}, {self.teacher_t_max}")
