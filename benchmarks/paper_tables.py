@@ -48,7 +48,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from pipelines.common import cli
+from pipelines.common import cli, video
 
 PAPER = {  # the paper's numbers (REDS30 for Tables 1-3); None: not reported
     "table1": {"SD x4 Upscaler": {"psnr": 24.31, "ssim": 0.621, "niqe": 4.53, "tlpips": 86.97},
@@ -274,7 +274,7 @@ def plain_degrade(hq: torch.Tensor, quality: int) -> torch.Tensor:
     out = []
     for f in lq:
         buf = io.BytesIO()
-        Image.fromarray((f.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)).save(buf, "JPEG", quality=quality)
+        Image.fromarray(video.to_uint8(f)).save(buf, "JPEG", quality=quality)
         out.append(torch.from_numpy(np.asarray(Image.open(buf).convert("RGB")).copy()).permute(2, 0, 1))
     return torch.stack(out).float() / 255
 
@@ -288,7 +288,6 @@ def eval_clips(cfg: TablesConfig) -> list[tuple[str, torch.Tensor]]:
     out = []
     sources = [(n, f) for n, f in zip(cfg.videos, load_sample_frames(list(cfg.videos), "heldout"))]
     if cfg.eval:
-        from pipelines.common import video
 
         for p in sorted(Path(cfg.eval).iterdir()):
             if p.is_file():
@@ -319,10 +318,10 @@ def degrade_eval(hq: torch.Tensor, preset: str, seed: int, quality: int) -> torc
 def method_table(cfg: TablesConfig, prior_folder: str, students: dict) -> dict:
     """name -> (what it is, restore(lq (T, 3, h, w)) -> (T, 3, 4h, 4w) in [0, 1])."""
     from models.upscaler.config import UpscalerConfig
-    from models.upscaler.video import VideoUpscaler
+    from models.presets import load_upscaler
     from pipelines import model_folder
 
-    prior = VideoUpscaler.from_config(UpscalerConfig(pretrained=prior_folder), None).eval()
+    prior = load_upscaler(UpscalerConfig(pretrained=prior_folder), None).eval()
 
     def few_step(lq):
         frames = []
@@ -365,7 +364,7 @@ def evaluate_stage(cfg: TablesConfig, out: Path, prior: str, students: dict) -> 
             if video_name.startswith("own:") and preset != "plain":
                 continue
             lq = degrade_eval(hq, preset, 1000 * p_i + c_i, cfg.jpeg_quality)
-            ref = [np.asarray(f.permute(1, 2, 0).mul(255).round().byte()) for f in hq]
+            ref = list(video.to_uint8(hq))
             for m_name, (_, fn) in methods.items():
                 if m_name.startswith("teacher") and "steps" in m_name and preset == "heavy" and \
                         m_name != "teacher 4 steps":
@@ -374,7 +373,7 @@ def evaluate_stage(cfg: TablesConfig, out: Path, prior: str, students: dict) -> 
                 with torch.no_grad():
                     sr = fn(lq).clamp(0, 1)
                 timing.setdefault(m_name, []).append((time.time() - t0) / len(lq))
-                frames = [np.asarray(f.permute(1, 2, 0).mul(255).round().byte()) for f in sr]
+                frames = list(video.to_uint8(sr))
                 np.save(out / "frames" / f"{preset}__{c_i}__{m_name.replace(' ', '_').replace(',', '')}.npy",
                         np.stack(frames))
                 scores = compute_video_metrics(np.stack(frames), np.stack(ref), metrics=METRICS, convention="tecogan",
@@ -412,23 +411,18 @@ def _key(table_row: dict, metric: str):
 
 
 def markdown(title: str, table: dict, paper: dict | None, note: str = "") -> str:
+    from pipelines.common.tables import markdown_lines
     from pipelines.evaluation.conventions import metric_label
 
     first = next(iter(table.values()), {})
     keys = [_key(first, m)[0] for m in METRICS]
-    lines = [f"### {title}", "", "| method | " + " | ".join(metric_label(k) for k in keys) + " |",
-             "|---|" + "---|" * len(keys)]
-    for m, row in table.items():
-        cells = []
-        for k in keys:
-            v = row.get(k)
-            cells.append(f"{v:.3f}" if isinstance(v, float) else "n/a")
-        lines.append(f"| {m} | " + " | ".join(cells) + " |")
+    rows = [[m] + [f"{row[k]:.3f}" if isinstance(row.get(k), float) else "n/a" for k in keys]
+            for m, row in table.items()]
     if paper:
-        lines.append("| *paper (REDS30, SD x4):* | | | | | | |")
-        for m, vals in paper.items():
-            lines.append(f"| *{m}* | " + " | ".join(f"*{vals[k]}*" if vals.get(k) is not None else ""
-                                                  for k in METRICS) + " |")
+        rows.append(["*paper (REDS30, SD x4):*"] + [""] * len(keys))
+        rows += [[f"*{m}*"] + [f"*{vals[k]}*" if vals.get(k) is not None else "" for k in METRICS]
+                 for m, vals in paper.items()]
+    lines = [f"### {title}", "", *markdown_lines(["method"] + [metric_label(k) for k in keys], rows)]
     reasons = sorted({v for row in table.values() for v in row.values() if isinstance(v, str)})
     if reasons:
         lines += ["", "No number: " + "; ".join(reasons)]

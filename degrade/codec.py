@@ -19,6 +19,8 @@ import av
 import numpy as np
 import torch
 
+from degrade.ops import to_uint8
+
 # Smallest side given to each encoder (px); smaller frames are edge-padded, then cropped back.
 MIN_SIDE = {"libx264": 16, "mpeg4": 16, "libx265": 128}  # 16: one macroblock; 128: see above
 
@@ -95,6 +97,6 @@ def roundtrip(clip: torch.Tensor, params: dict) -> torch.Tensor:
 
     Runs on CPU; the result is returned on the clip's device as float32 8-bit levels.
     """
-    u8 = torch.round(clip.detach().clamp(0, 1) * 255.0).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+    u8 = to_uint8(clip)
     back, _ = roundtrip_uint8(u8, params)
     return torch.from_numpy(back).permute(0, 3, 1, 2).to(device=clip.device, dtype=torch.float32) / 255.0

@@ -17,6 +17,12 @@ KERNEL_TAIL = 1e-4            # blur kernels are trimmed to the window holding a
 #                               fraction of their absolute mass (then renormalised)
 
 
+def to_uint8(frames: torch.Tensor) -> np.ndarray:
+    """Float `(..., 3, H, W)` in [0, 1] -> uint8 numpy `(..., H, W, 3)`, rounded (the one
+    conversion: the codec, previews, restoration and metrics all use it)."""
+    return frames.detach().clamp(0, 1).mul(255).round().to(dtype=torch.uint8).movedim(-3, -1).cpu().numpy()
+
+
 def reflect_pad_ok(h: int, w: int, size: int) -> bool:
     """Reflect padding by size // 2 needs more than size // 2 pixels on each axis."""
     return min(h, w) > size // 2

@@ -21,6 +21,7 @@ from PIL import Image, ImageDraw
 from degrade.chain import degrade_clip
 from degrade.config import PRESETS, preset
 from degrade.flowpairs import FlowPairConfig, degrade_flow_pair, make_flow_pair
+from degrade.ops import to_uint8
 from models.flow.warp import backward_warp, flow_to_color
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
@@ -54,11 +55,6 @@ def read_frames(path: str, count: int, start: int = 0, max_side: int = 640) -> t
         size = (round(clip.shape[-2] * f), round(clip.shape[-1] * f))
         clip = torch.nn.functional.interpolate(clip, size=size, mode="area")
     return clip
-
-
-def to_uint8(x: torch.Tensor) -> np.ndarray:
-    """(3, H, W) in [0, 1] -> (H, W, 3) uint8."""
-    return (x.detach().clamp(0, 1) * 255).round().byte().permute(1, 2, 0).cpu().numpy()
 
 
 def describe(ops: list[dict], codec: dict | None = None) -> str:

@@ -183,9 +183,9 @@ def stage_teacher(cfg: DemoConfig, run_dir: str) -> dict:
     import torch
 
     from models.upscaler.config import UpscalerConfig
-    from models.upscaler.video import VideoUpscaler
+    from models.presets import load_upscaler
 
-    up = VideoUpscaler.from_config(UpscalerConfig(pretrained=os.path.join(run_dir, "prior")), None)
+    up = load_upscaler(UpscalerConfig(pretrained=os.path.join(run_dir, "prior")), None)
     lq_path = os.path.join(run_dir, "lq", "heldout.mp4")
     info = video.probe(lq_path)
     out_path = os.path.join(run_dir, "restored", f"teacher-{cfg.teacher_steps}", "heldout.mp4")

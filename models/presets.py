@@ -39,6 +39,7 @@ from models.discriminator import DiscriminatorConfig
 from models.pixel_codec import PixelUnshuffleCodec
 from models.upscaler.bundle import UpscalerBundle
 from models.upscaler.config import SD_X4_REPO, UpscalerConfig
+from models.upscaler.video import VideoUpscaler
 
 SD_X4_UNET = dict(
     sample_size=128, in_channels=7, out_channels=4, layers_per_block=2,
@@ -166,3 +167,14 @@ def load_bundle(pretrained: str, prompt: str = "", seed: int = 0, negative_promp
     if pretrained in RANDOM_ARCHITECTURES:
         return build_random_bundle(pretrained, seed=seed, prompt=prompt)
     return UpscalerBundle.from_pretrained(pretrained, prompt=prompt, negative_prompt=negative_prompt, **kwargs)
+
+
+def load_upscaler(cfg: UpscalerConfig, flow_net=None, *, seed: int = 0, student_unet=None,
+                  device="cpu", dtype=torch.float32, vae_dtype=None):
+    """A `VideoUpscaler` of `cfg.pretrained`, loaded (or, for "small"/"tiny"/"sd-x4-random",
+    built); `student_unet` may be a module or a save_pretrained path."""
+    bundle = load_bundle(cfg.pretrained, prompt=cfg.prompt, negative_prompt=cfg.negative_prompt, seed=seed)
+    if student_unet is not None and not isinstance(student_unet, torch.nn.Module):
+        student_unet = UNet2DConditionModel.from_pretrained(str(student_unet))
+    return VideoUpscaler(bundle, cfg, flow_net, student_unet=student_unet, device=device, dtype=dtype,
+                         vae_dtype=vae_dtype)

@@ -119,7 +119,7 @@ def load(path: str | os.PathLike, device: torch.device | str = "cpu", dtype: tor
     `overrides` replace single `UpscalerConfig` fields, e.g. flow_iters at inference).
     Restore with `.restore_clip(lq (T, 3, h, w))` / `.restore_frame(lq, state)`."""
     from models.upscaler.config import UpscalerConfig
-    from models.upscaler.video import VideoUpscaler
+    from models.presets import load_upscaler
 
     with storage.local_dir(str(path)) as local:
         if not os.path.isdir(os.path.join(local, "unet")):
@@ -136,7 +136,7 @@ def load(path: str | os.PathLike, device: torch.device | str = "cpu", dtype: tor
 
             flow_net = load_flow(os.path.join(local, FLOW_FILE))
         student = os.path.join(local, STUDENT_DIR)
-        up = VideoUpscaler.from_config(UpscalerConfig(pretrained=local, **fields), flow_net,
+        up = load_upscaler(UpscalerConfig(pretrained=local, **fields), flow_net,
                                        student_unet=student if os.path.isdir(student) else None,
                                        device=device, dtype=dtype, vae_dtype=vae_dtype)
     return up.eval()

@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 import pytest
 
-from models.presets import build_random_bundle, save_tiny_pretrained, upscaler_preset
+from models.presets import build_random_bundle, load_upscaler, save_tiny_pretrained, upscaler_preset
 from models.temporal import temporal_channels, upscale_flow
 from models.upscaler.bundle import UpscalerBundle
 from models.upscaler.video import TemporalState, VideoUpscaler
@@ -58,7 +58,7 @@ def test_from_pretrained_reproduces_outputs_exactly(tiny_dir, tmp_path):
     out_trained = a.restore_clip(lq, seed=3)
     assert not torch.equal(out_trained, out_a)
     a.save_student(tmp_path / "student")
-    c = VideoUpscaler.from_config(upscaler_preset("tiny", pretrained=str(tiny_dir)), a.flow_net,
+    c = load_upscaler(upscaler_preset("tiny", pretrained=str(tiny_dir)), a.flow_net,
                                   student_unet=tmp_path / "student")
     assert torch.equal(c.restore_clip(lq, seed=3), out_trained)
 

@@ -133,7 +133,7 @@ def test_bad_batches_and_configs_raise():
                        DistillConfig(lambda_tlpips=0.0))
     with pytest.raises(ValueError, match="tlpips"):
         generator_step(models, make_batch(), DistillConfig())                       # no T-LPIPS net
-    with pytest.raises(ValueError, match="adversarial_form"):
+    with pytest.raises(ValueError, match="--adversarial-form"):
         DistillConfig(adversarial_form="wgan")
 
 

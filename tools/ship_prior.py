@@ -29,12 +29,12 @@ def rounding_error(src: str, dst: str) -> float:
     """Max |difference| of one restored frame (sampler with fixed noise) between the fp32 and
     the shipped fp16-stored prior, in [0, 1] pixel units."""
     from models.upscaler.config import UpscalerConfig
-    from models.upscaler.video import VideoUpscaler
+    from models.presets import load_upscaler
 
     lq = torch.rand(1, 3, 24, 24, generator=torch.Generator().manual_seed(0))
     outs = []
     for folder in (src, dst):
-        up = VideoUpscaler.from_config(UpscalerConfig(pretrained=folder), None).eval()
+        up = load_upscaler(UpscalerConfig(pretrained=folder), None).eval()
         outs.append(up.restore_frame(lq, sampler="teacher", steps=4, seed=0)[0])
     return float((outs[0] - outs[1]).abs().max())
 

@@ -54,7 +54,6 @@ from models.pixel_codec import (
     latent_channels,
     module_dtype,
 )
-from models.presets import load_bundle
 from models.temporal import no_previous, temporal_channels, warp_previous
 from models.timing import SectionTimer
 from models.upscaler import sampling
@@ -165,19 +164,6 @@ class VideoUpscaler(nn.Module):
                 _move(module, device, want)
         self.prompt_embeds = self.prompt_embeds.to(device, dtype)
         self.negative_prompt_embeds = self.negative_prompt_embeds.to(device, dtype)
-
-    # ---- construction shortcuts
-
-    @classmethod
-    def from_config(cls, cfg: UpscalerConfig, flow_net: nn.Module | None = None, *, seed: int = 0,
-                    student_unet: UNet2DConditionModel | str | os.PathLike | None = None,
-                    device="cpu", dtype=torch.float32, vae_dtype=None) -> "VideoUpscaler":
-        """Load (or, for "tiny"/"sd-x4-random", build) `cfg.pretrained`; `student_unet` may be a path."""
-        bundle = load_bundle(cfg.pretrained, prompt=cfg.prompt, negative_prompt=cfg.negative_prompt, seed=seed)
-        if student_unet is not None and not isinstance(student_unet, nn.Module):
-            student_unet = UNet2DConditionModel.from_pretrained(str(student_unet))
-        return cls(bundle, cfg, flow_net, student_unet=student_unet, device=device, dtype=dtype,
-                   vae_dtype=vae_dtype)
 
     def save_student(self, directory: str | os.PathLike) -> Path:
         """The trained student UNet, `save_pretrained` layout (load with `student_unet=path`)."""

@@ -304,7 +304,7 @@ def to_float(frames: np.ndarray):
 
 
 def to_uint8(frames) -> np.ndarray:
-    """float torch `(..., 3, H, W)` in [0, 1] -> uint8 numpy `(..., H, W, 3)`."""
-    import torch
+    """float torch `(..., 3, H, W)` in [0, 1] -> uint8 numpy `(..., H, W, 3)` (`degrade.ops.to_uint8`)."""
+    from degrade.ops import to_uint8 as convert
 
-    return frames.detach().clamp(0, 1).mul(255).round().to(dtype=torch.uint8).movedim(-3, -1).cpu().numpy()
+    return convert(frames)
