@@ -41,6 +41,7 @@ import time
 import cv2
 import numpy as np
 
+from models.timing import SectionTimer
 from pipelines.common import storage, video
 from pipelines.common.cli import require
 from pipelines.common.video import VIDEO_EXTENSIONS
@@ -61,6 +62,8 @@ from pipelines.data.shard_io import (
 )
 from pipelines.data.shots import DEFAULT_MIN_SHOT_LEN, DEFAULT_THRESHOLD, ShotDetector
 from pipelines.data.tar_shards import TarShard
+
+SECTIONS = ("decode", "shots", "resize", "encode", "write")   # the per-video timings of a row (seconds)
 
 FORMAT_VERSION = 1
 
@@ -180,7 +183,7 @@ class _VideoRun:
         self.shards: list[dict] = []
         self.written: list[str] = []
         self.tar = TarShard()
-        self.seconds = dict.fromkeys(("decode", "shots", "resize", "encode", "write"), 0.0)
+        self.timer = SectionTimer()               # seconds per section: decode, shots, resize, encode, write
         self.resized = (info.width, info.height)   # (w, h) after the short-side resize
         self.bytes_written = 0
 
@@ -190,24 +193,22 @@ class _VideoRun:
         key = clip_key(self.vkey, shot, first)
         rh, rw = self.resized[1], self.resized[0]
         y, x, ch, cw = _crop_box(cfg, rh, rw, key)        # in resized-frame pixels
-        t0 = time.perf_counter()
-        # Crop in source pixels first, then resize only the crop: 2.4x fewer pixels through
-        # INTER_AREA than resizing whole 640x272 frames (it was a third of the task time).
-        s = info.width / rw
-        sy, sx = round(y * s), round(x * s)
-        sh, sw = min(round(ch * s), frames[0].shape[0] - sy), min(round(cw * s), frames[0].shape[1] - sx)
-        crops = [f[sy:sy + sh, sx:sx + sw] for f in frames]
-        if (sh, sw) != (ch, cw):
-            crops = [cv2.resize(c, (cw, ch), interpolation=cv2.INTER_AREA) for c in crops]
-        t1 = time.perf_counter()
-        self.seconds["resize"] += t1 - t0
+        with self.timer.section("resize"):
+            # Crop in source pixels first, then resize only the crop: 2.4x fewer pixels through
+            # INTER_AREA than resizing whole 640x272 frames (it was a third of the task time).
+            s = info.width / rw
+            sy, sx = round(y * s), round(x * s)
+            sh, sw = min(round(ch * s), frames[0].shape[0] - sy), min(round(cw * s), frames[0].shape[1] - sx)
+            crops = [f[sy:sy + sh, sx:sx + sw] for f in frames]
+            if (sh, sw) != (ch, cw):
+                crops = [cv2.resize(c, (cw, ch), interpolation=cv2.INTER_AREA) for c in crops]
         ext = FRAME_FORMATS[cfg.frame_format][0]
-        encoded = [encode_frame(np.ascontiguousarray(c), cfg) for c in crops]
+        with self.timer.section("encode"):
+            encoded = [encode_frame(np.ascontiguousarray(c), cfg) for c in crops]
         record = {"key": key, "source": self.item["url"], "relpath": self.item["relpath"], "video_key": self.vkey,
                   "shot": shot, "shot_start": shot_start, "first_frame": first, "frames": len(frames),
                   "fps": info.fps, "fps_fraction": info.fps_fraction, "width": info.width, "height": info.height,
                   "resized": [rh, rw], "crop": [y, x, ch, cw], "format": ext[1:]}
-        self.seconds["encode"] += time.perf_counter() - t1
         index = self.tar.clips
         self.tar.add(f"{key}.json", json.dumps(record, sort_keys=True).encode())
         for t, data in enumerate(encoded):
@@ -224,15 +225,14 @@ class _VideoRun:
     def flush(self) -> None:
         if self.tar.clips == 0:
             return
-        t0 = time.perf_counter()
-        name, clips, data = shard_name(self.vkey, len(self.shards)), self.tar.clips, self.tar.close()
-        self.tar = TarShard()
-        if not self._kept(name, data):
-            storage.write_bytes(storage.join(self.cfg.dst, name), data)
-            self.written.append(name)
-            self.bytes_written += len(data)
-        self.shards.append({"name": name, "bytes": len(data), "clips": clips})
-        self.seconds["write"] += time.perf_counter() - t0
+        with self.timer.section("write"):
+            name, clips, data = shard_name(self.vkey, len(self.shards)), self.tar.clips, self.tar.close()
+            self.tar = TarShard()
+            if not self._kept(name, data):
+                storage.write_bytes(storage.join(self.cfg.dst, name), data)
+                self.written.append(name)
+                self.bytes_written += len(data)
+            self.shards.append({"name": name, "bytes": len(data), "clips": clips})
         if 0 <= self.cfg.fail_after_shards <= len(self.shards):
             raise InjectedFault(f"fault injection: stopping after shard {name}")
 
@@ -261,19 +261,18 @@ class _VideoRun:
         frames = video.iter_frames(path, expected=info.frames)
         index = -1
         while True:
-            t0 = time.perf_counter()
-            try:
-                frame = next(frames, None)
-            except video.VideoError as exc:
-                raise _StageError("decode", exc) from exc
-            t1 = time.perf_counter()
-            self.seconds["decode"] += t1 - t0
+            with self.timer.section("decode"):
+                try:
+                    frame = next(frames, None)
+                except video.VideoError as exc:
+                    raise _StageError("decode", exc) from exc
             if frame is None:
                 break
             index += 1
-            if detector.push(frame):
+            with self.timer.section("shots"):
+                cut = detector.push(frame)
+            if cut:
                 shot, shot_start, next_start, buffer = shot + 1, index, index + margin, {}
-            self.seconds["shots"] += time.perf_counter() - t1
             if index >= next_start:
                 buffer[index] = frame
             while index >= next_start + L - 1 + margin:       # `margin` frames past the clip, no cut
@@ -330,7 +329,7 @@ def _process_video(item: dict, cfg: ShardConfig) -> dict:
                        shards=len(run.shards), bytes=sum(s["bytes"] for s in run.shards),
                        shards_written=len(run.written), bytes_written=run.bytes_written, note=note,
                        seconds=time.perf_counter() - start, download_s=download_s,
-                       **{f"{k}_s": v for k, v in run.seconds.items()})
+                       **{f"{k}_s": run.timer.seconds.get(k, 0.0) for k in SECTIONS})
     except InjectedFault:
         raise
     except Exception as exc:  # noqa: BLE001 - one bad video must not stop the job
@@ -460,8 +459,7 @@ def _build(cfg: ShardConfig, tmpdir: str) -> dict:
         # videos done without a clip (shorter than --clip-len, or only short shots), over every run
         "videos_without_clips": len(no_clips), "no_clips": no_clips, "seconds": seconds, "clips_per_s": clips_made / seconds,
         "mb_per_s": sum(r["bytes"] for r in new) / 1e6 / seconds,
-        **{f"{k}_s": sum(r[f"{k}_s"] for r in results) for k in ("download", "decode", "shots", "resize", "encode",
-                                                                 "write")},
+        **{f"{k}_s": sum(r[f"{k}_s"] for r in results) for k in ("download", *SECTIONS)},
         "dst": cfg.dst,
     }
     print_summary(summary)
