@@ -146,9 +146,13 @@ def test_bad_options_fail_early_with_the_flag(assets, tmp_path):
 
 def emulate_ranks(cfg: DistillTrainConfig, steps: int):
     """What `world` ZeRO-2 ranks compute, in one process with plain Adam: the same models, each
-    rank's batches and noise, gradients averaged over the ranks."""
+    rank's batches and noise, gradients averaged over the ranks; and the student's weight EMA
+    (None without --ema-decay)."""
+    from pipelines.train.ema import WeightEMA
+
     world = cfg.num_workers
     models, _ = build_models(cfg)
+    ema = WeightEMA(models.upscaler.student, cfg.ema_decay) if cfg.ema_decay else None
     up, d = models.upscaler, models.discriminator
     betas = (cfg.adam_beta1, cfg.adam_beta2)
     g_opt = torch.optim.Adam(up.trainable_parameters(), lr=cfg.lr, betas=betas)
@@ -170,7 +174,9 @@ def emulate_ranks(cfg: DistillTrainConfig, steps: int):
         for r in range(world):
             (discriminator_step(models, batches[r], dcfg, gens[r], fake=keeps[r]["fake"])[0] / world).backward()
         d_opt.step()
-    return models
+        if ema is not None:
+            ema.update(models.upscaler.student)
+    return models, ema
 
 
 def assert_matches(trained: dict, emulated: dict, initial: dict, what: str) -> None:
@@ -182,9 +188,10 @@ def assert_matches(trained: dict, emulated: dict, initial: dict, what: str) -> N
 
 @pytest.mark.slow
 def test_two_workers_zero2_killed_once_resume_finish_export_restart(ray_local, assets, tmp_path):
-    # rank 0 dies after step 3, before its checkpoint: the group restarts from the step-2 checkpoint
+    # rank 0 dies after step 3, before its checkpoint: the group restarts from the step-2 checkpoint;
+    # the export is the student's weight EMA (decay 0.5: far from the last weights after 3 steps)
     cfg = small_config(assets, tmp_path, num_workers=2, batch_size=2, steps=3, checkpoint_every=2,
-                       fail_at_step=3, max_failures=1, zero_stage=2)
+                       fail_at_step=3, max_failures=1, zero_stage=2, ema_decay=0.5)
     summary = distill(cfg)
     assert summary["steps"] == 3
     assert summary["resumed_from"] == 2
@@ -209,9 +216,11 @@ def test_two_workers_zero2_killed_once_resume_finish_export_restart(ray_local, a
     step2 = [os.path.dirname(f) for f in glob.glob(os.path.join(cfg.storage_path, cfg.run_name, "checkpoint_*",
                                                                  "trainer_state.json")) if read_json(f)["step"] == 2]
     assert len(step2) == 1
-    emulated = emulate_ranks(cfg, steps=2)
+    emulated, ema2 = emulate_ranks(cfg, steps=2)
     assert_matches(tensors(os.path.join(step2[0], "export", "student", "diffusion_pytorch_model.safetensors")),
-                   emulated.upscaler.student.state_dict(), student0, "student")
+                   ema2.state_dict(), student0, "student EMA")
+    assert_matches(torch.load(os.path.join(step2[0], "student_ema.pt"), weights_only=True),
+                   ema2.state_dict(), student0, "checkpointed student EMA")
     assert_matches(tensors(os.path.join(step2[0], "export", "discriminator.safetensors")),
                    emulated.discriminator.state_dict(), d0, "discriminator")
     assert_moved(student0, tensors(os.path.join(out, "student", "diffusion_pytorch_model.safetensors")), "student")

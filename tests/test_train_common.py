@@ -28,3 +28,38 @@ def test_deepspeed_config_resolves_for_cpu():
     assert cfg["gradient_clipping"] == 0.5
     assert "train_batch_size" not in cfg
     assert not cfg.get("bf16", {}).get("enabled", False)  # CPU trains in fp32
+
+
+def test_weight_ema_matches_torch_averaged_model():
+    """WeightEMA follows torch.optim.swa_utils' EMA rule step for step (buffers included),
+    and its state round-trips."""
+    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+    from pipelines.train.ema import WeightEMA
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.BatchNorm1d(8), torch.nn.Linear(8, 2))
+    ours = WeightEMA(net, 0.9)
+    ref = AveragedModel(net, multi_avg_fn=get_ema_multi_avg_fn(0.9), use_buffers=True)
+    ref.update_parameters(net)                             # its first update copies: both start at the weights
+    opt = torch.optim.SGD(net.parameters(), lr=0.5)
+    for _ in range(5):
+        opt.zero_grad()
+        net(torch.randn(16, 4)).pow(2).mean().backward()
+        opt.step()
+        ours.update(net)
+        ref.update_parameters(net)
+    theirs = ref.module.state_dict()
+    got = ours.state_dict()
+    moved = max((got[k] - v).abs().max().item() for k, v in net.state_dict().items() if v.is_floating_point())
+    assert moved > 1e-3                                    # the average lags the weights
+    for k, v in theirs.items():
+        if v.is_floating_point():
+            assert torch.allclose(got[k], v, atol=1e-6), k
+        else:                                              # counters are copied, not averaged
+            assert torch.equal(got[k], net.state_dict()[k]), k
+    again = WeightEMA(net, 0.9)
+    again.load_state_dict(got)
+    assert all(torch.equal(again.state_dict()[k], got[k]) for k in got)
+    with pytest.raises(ValueError, match="--ema-decay"):
+        WeightEMA(net, 1.0)

@@ -40,7 +40,8 @@ Without the raw-module rule above the first generator backward fails inside D's 
 
 Checkpoint (every `checkpoint_every` steps and at the end; Ray Train storage, local or
 s3://): `student/` + `discriminator/` DeepSpeed state (every rank's ZeRO partition),
-`export/` (below; rank 0), `trainer_state.json` (step, epoch). A killed worker restarts
+`export/` (below; rank 0; its student is the weights' EMA with `--ema-decay`), `student_ema.pt`
+(with `--ema-decay`), `trainer_state.json` (step, epoch). A killed worker restarts
 the group from the last checkpoint; a new run with the same --run-name resumes from the
 latest one (with a larger --steps it trains on). A resumed run starts the next data epoch
 (new shuffle, new degradations) rather than replaying the interrupted one.
@@ -65,6 +66,7 @@ from pipelines.common import cli, storage
 from pipelines.common.devices import parse_dtype
 from pipelines.train import common as tc
 from pipelines.train.distill_step import DistillConfig
+from pipelines.train.ema import WeightEMA
 
 BUILTIN_TEACHERS = ("small", "tiny", "sd-x4-random")
 
@@ -94,6 +96,9 @@ class DistillTrainConfig(tc.TrainRunConfig):
     adam_beta1: float = 0.9                # Adam betas (the paper names Adam only: torch's defaults)
     adam_beta2: float = 0.999              # (torch's default, as beta1)
     grad_clip: float = 0.0                 # gradient-norm clip of both engines; 0 = none (the paper names none)
+    # decay of an EMA of the student's weights, exported instead of the last step's; 0 = off (the paper
+    # names none; with a few hundred small-batch steps on CPU the raw weights random-walk)
+    ema_decay: float = 0.0
     # the losses (Eq. 6) and the student's training inputs; each field a flag (--lambda-adv ...)
     loss: DistillConfig = dataclasses.field(default_factory=DistillConfig)
     d_head_channels: int = 0               # D head width; 0 = min(128, the prior's first block width)
@@ -127,6 +132,8 @@ def check_config(cfg: DistillTrainConfig) -> None:
                          f"multiple of --num-workers {cfg.num_workers}")
     if cfg.loss.lambda_tlpips > 0 and cfg.clip_len < 2:
         raise ValueError(f"--clip-len {cfg.clip_len}: T-LPIPS (--lambda-tlpips {cfg.loss.lambda_tlpips}) needs >= 2 frames")
+    if not 0.0 <= cfg.ema_decay < 1.0:
+        raise ValueError(f"--ema-decay {cfg.ema_decay}: must be in [0, 1) (0 = off)")
     if cfg.checkpoint_every < 1 or cfg.report_every < 1:
         raise ValueError("--checkpoint-every and --report-every must be >= 1")
     if cfg.tlpips_backbone not in ("pretrained", "random") or cfg.tlpips_net not in ("alex", "vgg"):
@@ -303,6 +310,9 @@ def train_loop_per_worker(config: dict) -> None:
     models.discriminator = d_engine      # the D step through its engine; the G step uses d_engine.module
     up.train()
     engines = {"student": g_engine, "discriminator": d_engine}
+    ema = WeightEMA(g_engine.module, cfg.ema_decay) if cfg.ema_decay else None
+    if ema is not None:
+        engines["student_ema"] = ema     # saved and resumed with the checkpoint (rank 0 writes it)
 
     # 2. Resume: after a worker failure, or a new run with the same name.
     state = tc.restore_checkpoint(engines)
@@ -313,6 +323,8 @@ def train_loop_per_worker(config: dict) -> None:
 
     def checkpoint(step: int, epoch: int, metrics: dict, final: bool) -> None:
         g_weights = tc.state_dict_for_export(g_engine)   # every rank (a collective under ZeRO-3)
+        if ema is not None:
+            g_weights = ema.state_dict()                  # the export is the average
         d_weights = tc.state_dict_for_export(d_engine)
         tc.save_checkpoint(engines, step, metrics, extra_state={"epoch": epoch, "metrics": metrics},
                            export=lambda folder: model_folder.save(folder, models, cfg, step=step, complete=final,
@@ -331,6 +343,8 @@ def train_loop_per_worker(config: dict) -> None:
         epoch, batch = next(data)
         batch = {"lq": batch["lq"].to(device), "hq": batch["hq"].to(device)}
         metrics = distill_step(models, g_engine, d_engine, batch, dcfg, step_generator(cfg.seed, rank, step))
+        if ema is not None:
+            ema.update(g_engine.module)
         step += 1
         done += 1
         tc.maybe_inject_failure(cfg, step)
