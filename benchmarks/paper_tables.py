@@ -96,6 +96,10 @@ class TablesConfig:
     # +0.2 dB over bicubic to -9.8 dB: L_distill alone does it, see the README's "method in miniature")
     student_lr: float = 2e-5
     student_steps: int = 0                    # steps per student (the same for every row); 0: their share of --minutes
+    # lambda_rec of every student row (MSE of x0 to the ground truth; not in the paper, which is 0): with
+    # this weak teacher L_distill alone random-walks the student (README, "method in miniature")
+    student_rec: float = 1.0
+    student_ema: float = 0.99                 # EMA decay of every student's weights, exported (0 = off, the paper's)
     student_batch: int = 4                    # clips per distillation step
     clip_len: int = 3                         # frames per training clip
     crop: int = 64                            # HR training crop (px) of the students
@@ -225,18 +229,21 @@ def train_student_stage(cfg: TablesConfig, out: Path, name: str, prior: str, flo
     from models.upscaler.config import UpscalerConfig
     from pipelines.train.distill import DistillTrainConfig, build_models, distill_step, plain_engines
     from pipelines.train.distill_step import DistillConfig
+    from pipelines.train.ema import WeightEMA
 
     flow, l_adv, l_tl, timesteps, draws, student_input = STUDENTS[name]
     dcfg_full = DistillTrainConfig(
         upscaler=UpscalerConfig(pretrained=prior, student_timesteps=timesteps), flow=flows[flow],
-        loss=DistillConfig(lambda_adv=l_adv, lambda_tlpips=l_tl, train_timesteps=draws, student_input=student_input),
-        lr=cfg.student_lr, d_lr=cfg.student_lr, batch_size=cfg.student_batch, crop=cfg.crop,
+        loss=DistillConfig(lambda_adv=l_adv, lambda_tlpips=l_tl, lambda_rec=cfg.student_rec, train_timesteps=draws,
+                           student_input=student_input),
+        lr=cfg.student_lr, d_lr=cfg.student_lr, batch_size=cfg.student_batch, crop=cfg.crop, ema_decay=cfg.student_ema,
         clip_len=cfg.clip_len, tlpips_backbone="random", seed=cfg.seed)
     torch.manual_seed(cfg.seed)
     models, bundle = build_models(dcfg_full)
     up = models.upscaler
     up.train()
     g, d = plain_engines(models, cfg.student_lr)
+    ema = WeightEMA(up.student, cfg.student_ema) if cfg.student_ema else None
     dcfg = dcfg_full.loss
     clips.rng = np.random.default_rng(cfg.seed)          # every student sees the same clips
     t0, step, history = time.time(), 0, []
@@ -244,6 +251,8 @@ def train_student_stage(cfg: TablesConfig, out: Path, name: str, prior: str, flo
         lq, hq = clips.batch(cfg.student_batch)
         gen = torch.Generator().manual_seed(cfg.seed * 100_003 + step)
         history.append(distill_step(models, g, d, {"lq": lq, "hq": hq}, dcfg, gen))
+        if ema is not None:
+            ema.update(up.student)
         step += 1
         if step % 25 == 0:
             recent = history[-25:]
@@ -252,7 +261,8 @@ def train_student_stage(cfg: TablesConfig, out: Path, name: str, prior: str, flo
                   f"{np.mean([h['tlpips'] for h in recent]):.4f} {time.time() - t0:.0f} s", flush=True)
     up.eval()
     folder = _fresh(out / "students" / f"{name}.part")
-    model_folder.save(folder, models, dcfg_full, step=step, complete=True, bundle=bundle)
+    model_folder.save(folder, models, dcfg_full, step=step, complete=True, bundle=bundle,
+                      student_weights=ema.state_dict() if ema is not None else None)
     final = out / "students" / name
     shutil.rmtree(final, ignore_errors=True)
     folder.rename(final)

@@ -48,6 +48,7 @@ class DemoConfig:
     distill_steps: int = 12      # distillation steps (tiny, CPU)
     distill_lr: float = 2e-5     # student and discriminator Adam lr (the paper's)
     distill_rec: float = 0.0     # weight of the ground-truth term lambda_rec (0: the paper's losses only)
+    distill_ema: float = 0.0     # EMA decay of the student's weights, exported (0: off, the paper's)
     eval_frames: int = 12        # frames of the held-out piece restored and evaluated
     teacher_steps: int = 8       # teacher sampler steps in the comparison
     workers: int = 2             # Ray Train workers for the training stages
@@ -133,7 +134,7 @@ def stage_distill(cfg: DemoConfig, run_dir: str) -> dict:
         flow=os.path.join(run_dir, "drfa", "drfa.safetensors"), out=os.path.join(run_dir, "student"),
         storage_path=os.path.join(run_dir, "ray"), run_name="demo-distill", num_workers=cfg.workers,
         steps=cfg.distill_steps, batch_size=cfg.workers, crop=64, clip_len=2, degrade="medium",
-        lr=cfg.distill_lr, d_lr=cfg.distill_lr, lambda_rec=cfg.distill_rec,
+        lr=cfg.distill_lr, d_lr=cfg.distill_lr, lambda_rec=cfg.distill_rec, ema_decay=cfg.distill_ema,
         checkpoint_every=max(4, cfg.distill_steps // 2), report_every=2, loader_workers=0,
         tlpips_backbone="random"))  # no ImageNet AlexNet offline: T-LPIPS runs on a random trunk here
     return {**{k: v for k, v in summary.items() if isinstance(v, (int, float, str))},

@@ -202,3 +202,20 @@ def test_refused_s3_credentials_are_one_line_naming_the_flag_and_url(s3_bucket, 
         (line,) = job.stderr.strip().splitlines()
         assert f"error: {flag} {url}: access denied" in line, line
     assert not (tmp_path / "out").exists()
+
+
+def test_a_restore_rerun_removes_the_part_files_a_killed_run_left(tmp_path):
+    """#17 item 5 for restore: `.part` temporaries of a killed writer go at the re-run; a user's
+    file that merely ends in .part stays."""
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    (dst / "sub").mkdir(parents=True)
+    src.mkdir()
+    video.write_video(str(src / "a.mp4"), textured_frames(3, 32, 48), fps=25, crf=0, preset="ultrafast")
+    stale = [dst / ".a.mp4.0a1b2c3d.part", dst / "sub" / ".manifest.parquet.k2j_x9q0.part"]
+    for path in stale:
+        path.write_bytes(b"left by a killed writer")
+    (dst / "notes.part").write_text("a user's file")
+    summary = restore_archive(RestoreConfig(src=str(src), dst=str(dst), ray=False, tile=0, preset="ultrafast"))
+    assert summary["restored"] == 1
+    assert not any(p.exists() for p in stale)
+    assert (dst / "notes.part").read_text() == "a user's file"
