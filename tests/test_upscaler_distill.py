@@ -200,3 +200,28 @@ def test_previous_frame_conditioning_modes(previous, monkeypatch):
         assert len(samples) == 2 and all(torch.equal(seen[i], samples[i - 1]) for i in (1, 2))
     else:
         assert not samples and not torch.equal(seen[1], batch["hq"][:, 0])
+
+
+def test_unrolled_student_input_trains_what_inference_restores():
+    """student_input="unrolled": the rollout's x0 is the few-step sampler's output for the same
+    noise (no train/inference gap), and L_rec on it falls when the student trains through the
+    whole sampler, in fp32 and in bf16 (the GPU path)."""
+    from pipelines.train.distill_step import _randint, student_rollout
+
+    models = make_models()
+    up = models.upscaler
+    batch = make_batch(b=2, t=1, seed=7)
+    cfg = DistillConfig(student_input="unrolled", distill_weight=0.0, lambda_adv=0.0, lambda_tlpips=0.0,
+                        lambda_rec=1.0)
+    roll = student_rollout(models, batch["lq"], batch["hq"], cfg, torch.Generator().manual_seed(0), grad=False,
+                           decode=False)
+    g = torch.Generator().manual_seed(0)
+    _randint(0, len(up.cfg.student_timesteps), 2, g, up.device)          # the rollout's draw of s comes first
+    lq0 = batch["lq"][:, 0]
+    cond = up.lowres_condition(lq0, g)
+    assert torch.equal(roll.x0[:, 0], up.sample_few_step(cond, up.temporal_input(lq0, None), g))
+    for dtype in (torch.float32, torch.bfloat16):
+        models = make_models()
+        models.upscaler.to(dtype=dtype)
+        values = _train_generator(models, batch, cfg, "rec")
+        assert values[-1] < 0.8 * values[0], (dtype, values)

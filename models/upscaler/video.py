@@ -322,20 +322,22 @@ class VideoUpscaler(nn.Module):
 
         return ts, predict, (lambda i, rows: noise[i].to(self.device)[rows])
 
-    @torch.no_grad()
     def sample_few_step(self, cond: LowResCondition, temporal: torch.Tensor | None,
                         generator: torch.Generator | None = None, timesteps: tuple[int, ...] | None = None,
-                        unet: str = "student", noise: Sequence[torch.Tensor] | None = None) -> torch.Tensor:
+                        unet: str = "student", noise: Sequence[torch.Tensor] | None = None,
+                        grad: bool = False) -> torch.Tensor:
         """The student's sampler (the one few-step sampler: training, `restore_clip` and the
         restore job all run it): x0 at each timestep, re-noised with fresh noise to the next.
 
         Starts from pure noise at the first timestep. `noise`: the caller's draws, one
         (B, latent, h, w) N(0, 1) tensor per timestep (x_T, then one re-noise per later
         timestep; e.g. crops of one whole-frame draw for tiles); None = drawn from `generator`
-        in that order. Returns (B, latent, h, w) latents.
+        in that order. Returns (B, latent, h, w) latents. `grad=True` keeps the graph through
+        every step (training on the whole sampler: `DistillConfig.student_input="unrolled"`).
         """
         ts, predict, draws = self._sampler_parts(cond, temporal, generator, timesteps, unet, noise)
-        return sampling.sample_few_step(predict, draws, cond.image.shape[0], ts, self.alphas_cumprod)
+        with torch.set_grad_enabled(grad):
+            return sampling.sample_few_step(predict, draws, cond.image.shape[0], ts, self.alphas_cumprod)
 
     @torch.no_grad()
     def sampler_input(self, cond: LowResCondition, temporal: torch.Tensor | None, stop: torch.Tensor,

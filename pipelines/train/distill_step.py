@@ -13,7 +13,9 @@ Generator step, per clip (frames in order, as at inference):
    extra calls). ADD forward-diffuses the real latent to s instead ("diffused_real"),
    "noise_first" does so except at the first timestep. Measured on the small prior: a
    UNet trained on forward-diffused inputs is off its training distribution at every step
-   of the few-step sampler (see `pipelines.train.prior_objectives`);
+   of the few-step sampler (see `pipelines.train.prior_objectives`). "unrolled" (not in the
+   paper) trains the whole sampler instead: its 4 steps with gradients, each loss on the
+   final x0, the frame inference restores (4 grad calls per frame instead of 1 + up to 3);
 2. the temporal input of frame t is frame t-1 as inference would have restored it: the
    student's few-step sampler run on it without gradients (`previous_frame="sampled"`,
    default: no train/inference mismatch, costs T-1 extra no-grad samples per clip), warped
@@ -60,7 +62,7 @@ from models.losses import (ADVERSARIAL_FORMS, DISTILL_WEIGHTINGS, LossWeights, T
 from models.upscaler.video import LowResCondition, TemporalState, VideoUpscaler
 
 
-STUDENT_INPUTS = ("sampled", "noise_first", "diffused_real")
+STUDENT_INPUTS = ("sampled", "noise_first", "diffused_real", "unrolled")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,7 +79,9 @@ class DistillConfig:
     teacher_t_max: int = 980                 # ... and their upper bound
     # the student's input at s: "sampled" = what its few-step sampler feeds it there (no grad);
     # "noise_first" = pure noise at T_student[0], the real latent forward-diffused to s later;
-    # "diffused_real" = the real latent forward-diffused to s at every s (ADD)
+    # "diffused_real" = the real latent forward-diffused to s at every s (ADD); "unrolled" = not one
+    # step: the student's whole few-step sampler with gradients, every loss on its final x0 (what
+    # inference restores; s then only sets the discriminator's re-noising); not in the paper
     student_input: str = "sampled"
     # temporal input of frame t: "sampled" = frame t-1 restored by the full few-step sampler (no
     # grad), as at inference; "student" = the one-step prediction at s (cheaper); "gt" = ground truth
@@ -171,13 +175,17 @@ def student_rollout(models: DistillModels, lq: torch.Tensor, hq: torch.Tensor, c
         lq_i = lq[:, i]
         temporal = up.temporal_input(lq_i, state)                       # no grad (frozen flow)
         cond = up.lowres_condition(lq_i, generator)
-        if cfg.student_input == "sampled":
+        unrolled = cfg.student_input == "unrolled"
+        if unrolled:
+            x0 = up.sample_few_step(cond, temporal, generator, grad=grad)   # what inference restores
+        elif cfg.student_input == "sampled":
             x_s = up.sampler_input(cond, temporal, step, generator)
         else:
             noise = up.randn(real_x0[:, i].shape, generator)
             x_s = torch.where(from_noise.view(-1, 1, 1, 1), noise, up.add_noise(real_x0[:, i], s, noise))
         with torch.set_grad_enabled(grad):
-            x0 = up.predict_x0("student", x_s, s, cond, temporal)
+            if not unrolled:
+                x0 = up.predict_x0("student", x_s, s, cond, temporal)
             rgb = up.decode(x0, clamp=False, lq=lq_i) if decode else None
         x0s.append(x0)
         rgbs.append(rgb)
@@ -186,6 +194,9 @@ def student_rollout(models: DistillModels, lq: torch.Tensor, hq: torch.Tensor, c
         if i + 1 < t:
             if cfg.previous_frame == "gt":
                 prev = hq[:, i]
+            elif cfg.previous_frame == "sampled" and unrolled:          # this frame, as inference restored it
+                with torch.no_grad():
+                    prev = up.decode(x0.detach(), lq=lq_i)
             elif cfg.previous_frame == "sampled":                       # exactly what inference feeds
                 prev = up.decode(up.sample_few_step(cond, temporal, generator), lq=lq_i)
             elif rgb is not None:
