@@ -76,6 +76,7 @@ STUDENTS = {
     "no_t0_draws": ("drfa", 0.05, 0.1, PAPER_T, (750, 500, 250), "sampled"),
     "add_schedule": ("drfa", 0.05, 0.1, (999, 749, 499, 249), (), "sampled"),
     "diffused_inputs": ("drfa", 0.05, 0.1, PAPER_T, (), "noise_first"),
+    "unrolled": ("drfa", 0.05, 0.1, PAPER_T, (), "unrolled"),   # the whole sampler trained (not in the paper)
 }
 EVAL_PRESETS = ("light", "medium", "heavy", "plain")
 METRICS = ("psnr", "ssim", "niqe", "niqe_frames", "tlpips", "tof", "ewarp")
@@ -474,7 +475,8 @@ def tables_stage(cfg: TablesConfig, out: Path, state: dict) -> dict:
     rows = json.loads((out / "rows.json").read_text())
     teacher = f"teacher {cfg.teacher_steps} steps"
     t1 = ["bicubic", teacher, "teacher 4 steps", "teacher x0 4 steps", "student full",
-          "student full, previous frame withheld", "student no_t0_draws", "student add_schedule"]
+          "student full, previous frame withheld", "student no_t0_draws", "student add_schedule",
+          "student unrolled"]
     t2 = ["bicubic", "student raft", "student gma", "student full", "student full, previous frame withheld"]
     t3 = ["student no_both", "student no_tlpips", "student no_adv", "student full"]
     random_note = ("tLPIPS here is computed with a RANDOM AlexNet trunk (no ImageNet weights offline): it is "
@@ -547,7 +549,9 @@ def main(argv=None) -> int:
                                 cfg.train_degrade, cfg.seed)
         students[name] = state.run(f"student:{name}", lambda n=name: train_student_stage(
             cfg, out, n, prior, flows, 60 * student_minutes, clips))["folder"]
-    state.run("eval", lambda: evaluate_stage(cfg, out, prior, students))
+    if sorted(state.data.get("eval", {}).get("students", [])) != sorted(students):
+        state.data.pop("eval", None)                # students added or removed since: evaluate again
+    state.run("eval", lambda: {**evaluate_stage(cfg, out, prior, students), "students": sorted(students)})
     state.data.pop("tables", None)                  # cheap: always rebuilt from rows.json
     state.run("tables", lambda: tables_stage(cfg, out, state.data))
     return 0
