@@ -30,8 +30,8 @@ rebuilt from the parts, so it lists exactly the clips in the tars the parts name
 """
 from __future__ import annotations
 
-import dataclasses
 import contextlib
+import dataclasses
 import hashlib
 import json
 import os

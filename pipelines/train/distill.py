@@ -322,9 +322,8 @@ def train_loop_per_worker(config: dict) -> None:
         print(f"[distill] resumed at step {step} (data epoch {start_epoch})", flush=True)
 
     def checkpoint(step: int, epoch: int, metrics: dict, final: bool) -> None:
-        g_weights = tc.state_dict_for_export(g_engine)   # every rank (a collective under ZeRO-3)
-        if ema is not None:
-            g_weights = ema.state_dict()                  # the export is the average
+        # the export is the EMA when there is one, else the engine's weights (every rank: a collective under ZeRO-3)
+        g_weights = ema.state_dict() if ema is not None else tc.state_dict_for_export(g_engine)
         d_weights = tc.state_dict_for_export(d_engine)
         tc.save_checkpoint(engines, step, metrics, extra_state={"epoch": epoch, "metrics": metrics},
                            export=lambda folder: model_folder.save(folder, models, cfg, step=step, complete=final,

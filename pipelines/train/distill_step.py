@@ -169,13 +169,13 @@ def student_rollout(models: DistillModels, lq: torch.Tensor, hq: torch.Tensor, c
     step = (s[:, None] == ts[None]).float().argmax(1)                      # (B,) index of s in T_student
     from_noise = (s == ts[0]) if cfg.student_input == "noise_first" else torch.zeros_like(s, dtype=torch.bool)
     real_x0 = up.encode(hq.flatten(0, 1), lq.flatten(0, 1)).unflatten(0, (b, t))  # (B, T, 4, h, w)
+    unrolled = cfg.student_input == "unrolled"                            # the whole sampler, with gradients
     state: TemporalState | None = None
     x0s, rgbs, lows, levels = [], [], [], []
     for i in range(t):
         lq_i = lq[:, i]
         temporal = up.temporal_input(lq_i, state)                       # no grad (frozen flow)
         cond = up.lowres_condition(lq_i, generator)
-        unrolled = cfg.student_input == "unrolled"
         if unrolled:
             x0 = up.sample_few_step(cond, temporal, generator, grad=grad)   # what inference restores
         elif cfg.student_input == "sampled":
