@@ -92,12 +92,13 @@ def test_restore_exits_non_zero_when_no_video_could_be_done_for_a_setup_reason(j
     (tmp_path / "src").mkdir()
     video.write_video(str(tmp_path / "src" / "a.mp4"), textured_frames(2, 32, 48), fps=25, crf=0, preset="ultrafast")
 
-    def broken(source, output, restorer, cfg, **kw):
-        row = empty_row(source, output, kw.get("relpath", ""), kw.get("source_size", -1), cfg.model)
-        row.update(error="RuntimeError: CUDA error: no kernel image", error_kind="internal")
-        return row
+    def broken(items, restorer, cfg, **kw):
+        rows = [empty_row(i["source"], i["output"], i["relpath"], i["source_size"], cfg.model) for i in items]
+        for row in rows:
+            row.update(error="RuntimeError: CUDA error: no kernel image", error_kind="internal")
+        return rows
 
-    monkeypatch.setattr(archive, "restore_video", broken)
+    monkeypatch.setattr(archive, "restore_items", broken)
     assert jobs["restore"](["--src", "src", "--dst", "out", "--no-ray", "--tile", "0"]) == 1
     assert "no video restored" in capsys.readouterr().err
 

@@ -329,6 +329,13 @@ def remove(url: str) -> None:
         fs.rm(path)
 
 
+def remove_tree(url: str) -> None:
+    """Remove a folder (an S3 prefix) and everything under it; a no-op when absent."""
+    fs, path = filesystem(url)
+    with contextlib.suppress(FileNotFoundError):
+        fs.rm(path, recursive=True)
+
+
 def makedirs(url: str) -> None:
     """Create a local directory; a no-op on S3 (prefixes need no creation)."""
     if not is_remote(url):

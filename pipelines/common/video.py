@@ -295,6 +295,61 @@ def write_video(url: str, frames, fps, crf: int = 18, codec: str = "libx264",
     return writer.frames_written
 
 
+def concat_videos(parts: list[str], url: str, audio_from: str | None = None) -> int:
+    """Join videos encoded alike (same codec, size, settings: e.g. segments of one restoration)
+    into `url` without re-encoding: their packets in order, time stamps shifted; audio from
+    `audio_from` copied once. Atomic like `VideoWriter`. Returns the frame count."""
+    if not parts:
+        raise ValueError("concat_videos: no parts")
+    suffix = os.path.splitext(str(url))[1] or ".mp4"
+    with contextlib.ExitStack() as stack:
+        tmpdir = stack.enter_context(tempfile.TemporaryDirectory(prefix="d2vr-cat-", dir=storage.temp_root()))
+        tmp = os.path.join(tmpdir, f"out{suffix}")
+        inputs = [_open(stack.enter_context(storage.local_copy(p))) for p in parts]
+        for container in inputs:
+            stack.callback(container.close)
+        first = inputs[0].streams.video[0]
+        audio = None
+        if audio_from:
+            audio = _open(stack.enter_context(storage.local_copy(audio_from)))
+            stack.callback(audio.close)
+        out = av.open(tmp, mode="w")
+        stack.callback(out.close)
+        vout = out.add_stream_from_template(first)
+        aout = aud = None
+        if audio is not None and audio.streams.audio:
+            aud = audio.streams.audio[0]
+            aout = out.add_stream_from_template(aud)
+        offset, frames = 0, 0                        # in the parts' time base
+        for part, container in zip(parts, inputs):
+            stream = container.streams.video[0]
+            ctx, ref = stream.codec_context, first.codec_context
+            if (stream.time_base != first.time_base or ctx.extradata != ref.extradata
+                    or (ctx.width, ctx.height, ctx.name) != (ref.width, ref.height, ref.name)):
+                raise VideoError(part, "encoded unlike the first part (codec, size, time base or "
+                                       "parameter sets differ): cannot be joined without re-encoding")
+            end = offset
+            for packet in container.demux(stream):
+                if packet.dts is None:               # the demuxer's flush packet
+                    continue
+                packet.pts += offset
+                packet.dts += offset
+                end = max(end, packet.pts + (packet.duration or 0))
+                frames += 1
+                packet.stream = vout
+                out.mux(packet)
+            offset = end
+        if aout is not None:
+            for packet in audio.demux(aud):
+                if packet.dts is None:
+                    continue
+                packet.stream = aout
+                out.mux(packet)
+        out.close()
+        storage.upload_file(tmp, url)
+    return frames
+
+
 def to_float(frames: np.ndarray):
     """uint8 `(..., H, W, 3)` -> float32 torch `(..., 3, H, W)` in [0, 1]."""
     import torch

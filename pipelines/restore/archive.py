@@ -10,13 +10,18 @@
    removed first. Inputs that failed as unreadable (corrupt, empty, truncated) are not
    retried unless `--retry-failed` or the input changed; other failures (out of memory, S3
    errors) are retried.
-3. Restore the rest, one video per task, on Ray Data actors that load the model once
-   (`map_batches` with a callable class on an `ActorPoolStrategy(size=N)`, `batch_size=1`,
-   `num_gpus` per actor) or in this process (`--no-ray`). Inside a task (`restore_video`),
-   frames stream: decode one -> shot detector -> restore with the recurrent state (reset
-   at each cut, noise re-seeded per shot frame) -> encode; memory is bounded whatever the
-   length. The output appears atomically (`VideoWriter`) only when every frame is in it;
-   then the marker. Any error becomes a `failed` row: one bad video never stops the job.
+3. Restore the rest on Ray Data actors that load the model once (`map_batches` with a
+   callable class on an `ActorPoolStrategy(size=N)`, `num_gpus` per actor) or in this
+   process (`--no-ray`). A task is one video, or with `--frames-per-task N` one segment
+   of a longer video (`pipelines.restore.segments`: planned at shot cuts, restored on any
+   actor, resumable, joined when all are in: the frames equal the sequential
+   restoration's). An actor takes `--batch-shots B` items at a time and restores them in
+   lockstep (`pipelines.restore.lockstep`: frame t of each in one UNet batch). Inside a
+   task (`stream.restore_items`) frames stream: decode -> shot starts -> restore with the
+   recurrent state (reset at each cut, noise re-seeded per shot frame) -> encode; memory is
+   bounded whatever the length. An output appears atomically (`VideoWriter`) only when
+   every frame is in it; then its marker. Any error becomes a `failed` row: one bad video
+   never stops the job.
 4. Merge the rows into the manifest (parquet, atomic, one row per input, keyed by the
    input URL), print progress (frames/s, ETA) while running and a summary line at the end.
 5. Kills: every temporary file (downloads, encodes, upload spools) lives in one run folder,
@@ -24,14 +29,11 @@
    files under dst). SIGTERM stops the run at once (videos in flight are abandoned: no
    output appears for them) and the manifest is written; the job exits 143.
 
-Why one row = one video and no chunking: the recurrent state must see the frames of a
-shot in order, and Ray Data gives no order across blocks, so a task decodes its video
-itself. Chunking long shots (with a few warm-up frames restored and dropped) would spread
-one long video over several actors, but costs the warm-up frames twice and makes each
-chunk's first kept frame depend on a re-generated, not the emitted, previous frame: the
-output would differ from the sequential one at every chunk start (by how much depends on
-how fast the trained student forgets its state; not measured). Not done: parallelism
-comes from many videos, and a restored shot equals the shot restored on its own.
+Segments never cut a shot: the recurrent state must see a shot's frames in order, and a
+segment that started inside one would condition its first frame on a re-generated, not the
+emitted, previous frame. A shot longer than N frames stays one task (splitting it with
+warm-up frames restored and dropped is not done: its output would differ from the
+sequential one at every split).
 """
 from __future__ import annotations
 
@@ -53,7 +55,8 @@ from pipelines.restore.config import RestoreConfig
 from pipelines.restore.manifest import manifest_url, plan, read_manifest, write_manifest
 from pipelines.restore.progress import Progress, ThrottledProgress, printing, progress_line
 from pipelines.restore.restorers import device_for, load_restorer
-from pipelines.restore.stream import DONE_SUFFIX, empty_row, now_utc, restore_video
+from pipelines.restore import segments
+from pipelines.restore.stream import DONE_SUFFIX, empty_row, now_utc, restore_items
 
 
 # --------------------------------------------------------------------------- executors
@@ -70,13 +73,13 @@ class RestoreWorker:
         self.progress = ThrottledProgress(progress) if progress is not None else None
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list]:
+        items = [_plain({k: batch[k][i] for k in ITEM_KEYS}) for i in range(len(batch["source"]))]
         with storage.task_tempdir(self.tmpdir):        # downloads, encodes: the run's folder
-            rows = [restore_video(str(batch["source"][i]), str(batch["output"][i]), self.restorer, self.cfg,
-                                  relpath=str(batch["relpath"][i]), source_size=int(batch["source_size"][i]),
-                                  device=self.device, progress=self.progress,
-                                  source_version=str(batch["source_version"][i]))
-                    for i in range(len(batch["source"]))]
+            rows = restore_items(items, self.restorer, self.cfg, device=self.device, progress=self.progress)
         return {k: [r[k] for r in rows] for k in rows[0]}
+
+
+ITEM_KEYS = ("source", "output", "relpath", "source_size", "source_version", "segment")
 
 
 def _plain(row: dict) -> dict:
@@ -87,10 +90,8 @@ def _plain(row: dict) -> dict:
 def _run_local(cfg: RestoreConfig, todo: list[dict], progress: Progress) -> Iterator[dict]:
     device = device_for(cfg)
     restorer = load_restorer(cfg, device)
-    for item in todo:
-        yield restore_video(item["source"], item["output"], restorer, cfg, relpath=item["relpath"],
-                            source_size=item["source_size"], device=device, progress=progress,
-                            source_version=item["source_version"])
+    for i in range(0, len(todo), cfg.batch_shots):   # --batch-shots items in lockstep
+        yield from restore_items(todo[i:i + cfg.batch_shots], restorer, cfg, device=device, progress=progress)
 
 
 def _ensure_ray(cfg: RestoreConfig):
@@ -115,7 +116,7 @@ def _run_ray(cfg: RestoreConfig, todo: list[dict], progress_actor, tmpdir: str) 
     ds = ray.data.from_items(todo, override_num_blocks=len(todo))
     ds = ds.map_batches(RestoreWorker,
                         fn_constructor_kwargs={"cfg": cfg, "progress": progress_actor, "tmpdir": tmpdir},
-                        batch_size=1, num_cpus=cfg.num_cpus, num_gpus=cfg.num_gpus or None,
+                        batch_size=cfg.batch_shots, num_cpus=cfg.num_cpus, num_gpus=cfg.num_gpus or None,
                         compute=ray.data.ActorPoolStrategy(size=min(cfg.concurrency, len(todo)),
                                                            max_tasks_in_flight_per_actor=1),
                         # By default Ray Data retries a task forever: a video that kills its actor
@@ -125,16 +126,16 @@ def _run_ray(cfg: RestoreConfig, todo: list[dict], progress_actor, tmpdir: str) 
     seen = set()
     try:
         for row in ds.iter_rows():
-            seen.add(row["source"])
+            seen.add(row["output"])
             yield _plain(row)
     finally:
         ctx.max_errored_blocks = saved
     for item in todo:
-        if item["source"] not in seen:
+        if item["output"] not in seen:
             row = empty_row(item["source"], item["output"], item["relpath"], item["source_size"], cfg.model,
                             item["source_version"])
             row.update(error=f"the worker died restoring this video ({cfg.max_retries + 1} attempts)",
-                       error_kind="crash", finished_at=now_utc(), worker="")
+                       error_kind="crash", finished_at=now_utc(), worker="", segment=item["segment"])
             yield row
 
 
@@ -307,22 +308,40 @@ def _restore_archive(cfg: RestoreConfig, tmpdir: str, guard: _SigtermGuard) -> d
 def _run(cfg: RestoreConfig, todo: list[dict], murl: str, rows: dict[str, dict], done_now: list[dict],
          tmpdir: str, guard: _SigtermGuard) -> None:
     """Restore `todo` (Ray Data actors or in-process), recording rows as videos finish."""
+
+    def record(row: dict) -> None:
+        row = {k: v for k, v in row.items() if k != "segment"}
+        rows[row["source"]] = row
+        done_now.append(row)
+        _print_row(row)
+
+    items = [{**item, "segment": ""} for item in todo]
+    videos: dict[str, _Split] = {}
+    if cfg.frames_per_task:
+        items, videos = _split(cfg, items, tmpdir, record)
+        guard.install()                   # a ray.init in the planning set its own SIGTERM handler
+    if not items:
+        return
     actor = None
     if cfg.ray:
         ray = _ensure_ray(cfg)
         guard.install()                   # ray.init set its own SIGTERM handler
-        actor = ray.remote(Progress).options(num_cpus=0).remote(len(todo))
-        snapshot, runner = (lambda: ray.get(actor.snapshot.remote())), _run_ray(cfg, todo, actor, tmpdir)
+        actor = ray.remote(Progress).options(num_cpus=0).remote(len(items))
+        snapshot, runner = (lambda: ray.get(actor.snapshot.remote())), _run_ray(cfg, items, actor, tmpdir)
     else:
-        local = Progress(len(todo))
-        snapshot, runner = local.snapshot, _run_local(cfg, todo, local)
+        local = Progress(len(items))
+        snapshot, runner = local.snapshot, _run_local(cfg, items, local)
     last_checkpoint = time.time()
     try:
         with printing(snapshot, cfg.progress_every_s):
             for row in runner:
-                rows[row["source"]] = row
-                done_now.append(row)
-                _print_row(row)
+                if row["segment"]:                       # one segment of a long video
+                    split = videos[json.loads(row["segment"])["video_output"]]
+                    split.rows.append(row)
+                    if len(split.rows) < split.left:
+                        continue
+                    row = segments.join(cfg, split.item, split.plan, split.rows, split.reused)
+                record(row)
                 if time.time() - last_checkpoint > cfg.manifest_every_s:
                     write_manifest(murl, rows)
                     last_checkpoint = time.time()
@@ -330,6 +349,67 @@ def _run(cfg: RestoreConfig, todo: list[dict], murl: str, rows: dict[str, dict],
     finally:
         if actor is not None:
             ray.kill(actor)
+
+
+class _Split:
+    """A long video restored as segments: its plan, and the segment rows that came back."""
+
+    def __init__(self, item: dict, plan: dict, left: int, reused: int):
+        self.item, self.plan, self.left, self.reused, self.rows = item, plan, left, reused, []
+
+
+def _split(cfg: RestoreConfig, items: list[dict], tmpdir: str, record) -> tuple[list[dict], dict[str, _Split]]:
+    """Plan every video (`segments.plan_video`, as Ray tasks or here): short ones stay one item,
+    long ones become the items of their unfinished segments; a video that cannot be planned
+    gets its failed row, one whose segments are all finished is joined now."""
+    out, videos = [], {}
+    for item, (plan, error, kind) in zip(items, _plans(cfg, items, tmpdir)):
+        if plan is None:
+            row = empty_row(item["source"], item["output"], item["relpath"], item["source_size"], cfg.model,
+                            item["source_version"])
+            record({**row, "error": error, "error_kind": kind, "finished_at": now_utc(), "worker": ""})
+            continue
+        if len(plan["segments"]) == 1:
+            out.append(item)
+            continue
+        done = segments.finished(cfg, item, plan)
+        todo = segments.segment_items(cfg, item, plan, done)
+        print(f"[restore] {item['relpath']}: {plan['frames']} frames, {len(plan['shot_starts'])} shots -> "
+              f"{len(plan['segments'])} segments ({len(done)} finished earlier)", flush=True)
+        if not todo:
+            record(segments.join(cfg, item, plan, [], len(done)))
+            continue
+        videos[item["output"]] = _Split(item, plan, len(todo), len(done))
+        out += todo
+    return out, videos
+
+
+def _plan_task(item: dict, cfg: RestoreConfig, tmpdir: str) -> tuple[dict | None, str, str]:
+    """(plan, "", "") or (None, error, error_kind) of one video."""
+    from pipelines.common import video
+
+    with storage.task_tempdir(tmpdir):
+        try:
+            return segments.plan_video(item, cfg), "", ""
+        except video.VideoError as exc:
+            return None, str(exc), "input"
+        except Exception as exc:  # noqa: BLE001 - a row, not the job's end
+            return None, f"planning: {exc.__class__.__name__}: {exc}"[:2000], "internal"
+
+
+def _plans(cfg: RestoreConfig, items: list[dict], tmpdir: str) -> list[tuple[dict | None, str, str]]:
+    if not cfg.ray:
+        return [_plan_task(item, cfg, "") for item in items]
+    ray = _ensure_ray(cfg)
+    task = ray.remote(_plan_task).options(num_cpus=1, max_retries=cfg.max_retries)
+    refs = [task.remote(item, cfg, tmpdir) for item in items]
+    results = []
+    for ref in refs:
+        try:
+            results.append(ray.get(ref))
+        except ray.exceptions.RayError as exc:        # the planning worker died
+            results.append((None, f"planning: {exc.__class__.__name__}", "crash"))
+    return results
 
 
 def _print_row(row: dict) -> None:

@@ -34,6 +34,10 @@ class RestoreConfig:
     flow_iters: int = 0                    # flow refinement iterations; 0 = the flow net's default
     shot_threshold: float = -1.0           # shot detector threshold; < 0 = the detector's default
     min_shot_len: int = -1                 # frames; < 0 = the detector's default
+    # frames: a longer video is split at shot cuts into segments of about this many (never inside
+    # a shot), each restored as a task of its own on any actor, resumable, then joined; 0 = one task per video
+    frames_per_task: int = 0
+    batch_shots: int = 1                   # videos / segments an actor restores in lockstep (frame t of each in one UNet batch)
     ray: bool = True                       # run on Ray Data actors; --no-ray: sequentially in this process
     ray_address: str = ""                  # "" = the running cluster or a new local Ray
     concurrency: int = 1                   # restoring actors (one model copy each)
@@ -53,6 +57,8 @@ class RestoreConfig:
         """Every flag's range, checked before any work: a bad one is `ValueError("--flag: ...")`."""
         require(self.scale >= 1, "--scale", ">= 1", self.scale)
         require(self.concurrency >= 1, "--concurrency", ">= 1", self.concurrency)
+        require(self.frames_per_task >= 0, "--frames-per-task", ">= 0", self.frames_per_task)
+        require(self.batch_shots >= 1, "--batch-shots", ">= 1", self.batch_shots)
         top = CRF_MAX.get(self.codec, 63)
         require(0 <= self.crf <= top, "--crf", f"in 0..{top} for {self.codec}", self.crf)
         require(self.num_cpus > 0, "--num-cpus", "> 0", self.num_cpus)

@@ -84,12 +84,30 @@ class DiffusionRestorer:
         up = self.up
         lq = up.check_lq(lq)
         b, _, h, w = lq.shape
-        noise = draw_noise(self, b, h, w, None) if noise is None else [n.to(up.device) for n in noise]
-        cond = up.lowres_condition(lq, noise=noise[0])
-        temporal = up.temporal_input(lq, state)
-        x0 = up.sample_few_step(cond, temporal, timesteps=self.timesteps, noise=noise[1:])
-        hr = up.decode(x0, lq=lq)
+        noise = draw_noise(self, b, h, w, None) if noise is None else noise
+        hr = self._sample(lq, up.temporal_input(lq, state), noise)
         return hr, TemporalState(lq=lq, hr=hr)
+
+    @torch.no_grad()
+    def restore_batch(self, lqs, states, noises):
+        """Frame t of several streams in one UNet batch: lqs[i] (1, 3, h, w) (one size), each with
+        its own state and noise; the flow runs per stream (batch 1, as `restore_frame`)."""
+        from models.upscaler.video import TemporalState
+
+        up = self.up
+        lqs = [up.check_lq(lq) for lq in lqs]
+        temporal = torch.cat([up.temporal_input(lq, state) for lq, state in zip(lqs, states)])
+        noise = [torch.cat(parts) for parts in zip(*noises)]
+        hr = self._sample(torch.cat(lqs), temporal, noise)
+        return [(hr[i:i + 1], TemporalState(lq=lq, hr=hr[i:i + 1])) for i, lq in enumerate(lqs)]
+
+    def _sample(self, lq, temporal, noise):
+        """(B, 3, h, w) -> (B, 3, sh, sw): the few-step sampler on caller-drawn noise."""
+        up = self.up
+        noise = [n.to(up.device) for n in noise]
+        cond = up.lowres_condition(lq, noise=noise[0])
+        x0 = up.sample_few_step(cond, temporal, timesteps=self.timesteps, noise=noise[1:])
+        return up.decode(x0, lq=lq)
 
     def section_seconds(self) -> dict[str, float]:
         timer = getattr(self.up, "timer", None)
@@ -101,6 +119,17 @@ def draw_noise(restorer, batch: int, height: int, width: int, generator: torch.G
     """The N(0, 1) tensors one (batch, 3, height, width) frame consumes, in draw order."""
     randn = getattr(restorer, "randn", None) or (lambda shape, g: torch.randn(shape, generator=g))
     return [randn((batch, c, height, width), generator) for c in restorer.noise_channels]
+
+
+def restore_batch(restorer, lqs: Sequence[torch.Tensor], states: Sequence[Any],
+                  noises: Sequence[Sequence[torch.Tensor]]) -> list[tuple[torch.Tensor, Any]]:
+    """[(hr, next state)] of frames of one size from several streams: in one batch where the
+    restorer can (`restore_batch`), else one by one. Either way each stream gets exactly what
+    `restore_frame` would give it alone, up to the kernels' batch-size rounding."""
+    batched = getattr(restorer, "restore_batch", None)
+    if batched is not None and len(lqs) > 1:
+        return batched(list(lqs), list(states), list(noises))
+    return [restorer.restore_frame(lq, state, noise) for lq, state, noise in zip(lqs, states, noises)]
 
 
 def device_for(cfg: RestoreConfig) -> torch.device:

@@ -122,40 +122,55 @@ class TiledRestorer:
 
     def restore_frame(self, lq: torch.Tensor, state: Any, noise: Sequence[torch.Tensor] | None = None):
         """lq (1, 3, h, w) in [0, 1] -> (hr (1, 3, s*h, s*w), next state)."""
-        if lq.dim() != 4 or lq.shape[0] != 1 or lq.shape[1] != 3:
-            raise ValueError(f"lq must be (1, 3, h, w), got {tuple(lq.shape)}")
-        h, w = lq.shape[-2:]
+        return self.restore_batch([lq], [state], [noise])[0]
+
+    def restore_batch(self, lqs: Sequence[torch.Tensor], states: Sequence[Any],
+                      noises: Sequence[Sequence[torch.Tensor] | None]) -> list[tuple[torch.Tensor, Any]]:
+        """Frame t of several streams, each lq (1, 3, h, w) of one size: tile by tile, the same
+        tile of every stream in one call of the wrapped restorer (`restorers.restore_batch`)."""
+        from pipelines.restore.restorers import restore_batch
+
+        for lq in lqs:
+            if lq.dim() != 4 or lq.shape[0] != 1 or lq.shape[1] != 3 or lq.shape != lqs[0].shape:
+                raise ValueError(f"every lq must be (1, 3, h, w) of one size, got {tuple(lq.shape)}")
+        h, w = lqs[0].shape[-2:]
         ys, xs = tile_spans(h, self.cfg), tile_spans(w, self.cfg)
         self.tiles_last_frame = len(ys) * len(xs)
         if len(ys) == 1 and len(xs) == 1:
-            inner_state = state.inner if isinstance(state, _Untiled) else None
-            hr, new_inner = self.inner.restore_frame(lq, inner_state, noise)
-            return hr, _Untiled(new_inner)
-        if isinstance(state, _Untiled):
+            inner_states = [state.inner if isinstance(state, _Untiled) else None for state in states]
+            if any(n is None for n in noises):      # each draws its own
+                out = [self.inner.restore_frame(lq, st, None) for lq, st in zip(lqs, inner_states)]
+            else:
+                out = restore_batch(self.inner, lqs, inner_states, noises)
+            return [(hr, _Untiled(st)) for hr, st in out]
+        if any(isinstance(state, _Untiled) for state in states):
             raise ValueError("frame size changed within a shot (untiled -> tiled)")
+        if any(n is None for n in noises):          # the tiles must share one whole-frame draw
+            noises = [[self.randn((1, c, h, w), None) for c in self.noise_channels] for _ in lqs]
         s, dev = self.scale, self.accumulate_device
-        # 1. Blend accumulators for the whole HR frame, float32 on the accumulate device.
-        acc = torch.zeros(1, 3, h * s, w * s, device=dev)
+        # 1. Blend accumulators for each whole HR frame, float32 on the accumulate device.
+        acc = [torch.zeros(1, 3, h * s, w * s, device=dev) for _ in lqs]
         wsum = torch.zeros(1, 1, h * s, w * s, device=dev)
         wy = [axis_weights(span, h, self.cfg, s) for span in ys]
         wx = [axis_weights(span, w, self.cfg, s) for span in xs]
         for (y0, y1), wyi in zip(ys, wy):
             for (x0, x1), wxj in zip(xs, wx):
-                # 2. The tile's crops: frame, whole-frame noise, previous whole frame.
-                tile_lq = lq[..., y0:y1, x0:x1]
-                tile_noise = None if noise is None else [n[..., y0:y1, x0:x1] for n in noise]
-                tile_state = None
-                if state is not None:
-                    tile_state = self.inner.state_from(
-                        state.lq[..., y0:y1, x0:x1],
-                        state.hr[..., y0 * s:y1 * s, x0 * s:x1 * s].to(lq.device))
-                # 3. Restore the tile and add it with its weights.
-                hr_tile, _ = self.inner.restore_frame(tile_lq, tile_state, tile_noise)
+                # 2. The tile's crops of every stream: frame, whole-frame noise, previous whole frame.
+                tile_lqs = [lq[..., y0:y1, x0:x1] for lq in lqs]
+                tile_noises = [[n[..., y0:y1, x0:x1] for n in noise] for noise in noises]
+                tile_states = [None if state is None else self.inner.state_from(
+                    state.lq[..., y0:y1, x0:x1], state.hr[..., y0 * s:y1 * s, x0 * s:x1 * s].to(lq.device))
+                    for state, lq in zip(states, lqs)]
+                # 3. Restore the tile (all streams) and add it with its weights.
                 weight = (wyi[:, None] * wxj[None, :]).to(dev, torch.float32)[None, None]
-                acc[..., y0 * s:y1 * s, x0 * s:x1 * s] += hr_tile.to(dev, torch.float32) * weight
+                for a, (hr_tile, _) in zip(acc, restore_batch(self.inner, tile_lqs, tile_states, tile_noises)):
+                    a[..., y0 * s:y1 * s, x0 * s:x1 * s] += hr_tile.to(dev, torch.float32) * weight
                 wsum[..., y0 * s:y1 * s, x0 * s:x1 * s] += weight
-        hr = acc / wsum
-        return hr, TiledState(lq=lq, hr=hr)
+        out = []
+        for lq, a in zip(lqs, acc):
+            hr = a / wsum
+            out.append((hr, TiledState(lq=lq, hr=hr)))
+        return out
 
 
 @dataclasses.dataclass
