@@ -136,3 +136,45 @@ def test_failed_encode_leaves_nothing(tmp_path):
         with video.VideoWriter(str(out), fps=25) as w:
             w.write(np.zeros((8, 8, 3), np.float32))
     assert not out.exists()
+
+
+def _reencode(src: str, dst: str, codec: str, **options) -> str:
+    """A sample video re-encoded with another codec / container / GOP (PyAV, as FFmpeg would)."""
+    frames = video.read_frames(src, 0, 60)
+    with av.open(dst, "w") as out:
+        stream = out.add_stream(codec, rate=25)
+        stream.width, stream.height = frames.shape[2] // 2 * 2, frames.shape[1] // 2 * 2
+        stream.pix_fmt = "yuv420p"
+        stream.options = {k: str(v) for k, v in options.items()}
+        for f in frames:
+            vf = av.VideoFrame.from_ndarray(np.ascontiguousarray(f[:stream.height, :stream.width]), format="rgb24")
+            for p in stream.encode(vf):
+                out.mux(p)
+        for p in stream.encode():
+            out.mux(p)
+    return dst
+
+
+@pytest.mark.parametrize("kind", ["bikes", "bigbuckbunny", "carphone", "mkv_h264_gop10_bframes", "avi_mpeg4",
+                                  "webm_vp9", "vfr"])
+def test_seeking_to_a_frame_gives_the_frames_of_a_decode_from_the_start(kind, tmp_path):
+    if kind in ("bikes", "bigbuckbunny", "carphone"):
+        path = sample_video(kind)
+    elif kind == "mkv_h264_gop10_bframes":
+        path = _reencode(sample_video("bikes"), str(tmp_path / "v.mkv"), "libx264", g=10, bf=3, preset="ultrafast")
+    elif kind == "avi_mpeg4":
+        path = _reencode(sample_video("bikes"), str(tmp_path / "v.avi"), "mpeg4", g=12)
+    elif kind == "webm_vp9":
+        path = _reencode(sample_video("carphone"), str(tmp_path / "v.webm"), "libvpx-vp9", g=15, deadline="realtime")
+    else:
+        path = str(tmp_path / "vfr.mkv")
+        test_variable_frame_rate_is_detected_and_every_frame_decoded(tmp_path)   # writes vfr.mkv
+    whole = video.read_frames(path)
+    n = len(whole)
+    for start in sorted({1, min(11, n - 3), n // 2, n - 2}):
+        assert np.array_equal(video.read_frames(path, start, 4), whole[start:start + 4]), (kind, start)
+    # and it seeks (decodes from near frame start, not from frame 0) where time stamps allow
+    container = av.open(path)
+    first_index = next(video._decoded(container, container.streams.video[0], n - 2))[0]
+    container.close()
+    assert first_index == n - 2

@@ -129,9 +129,10 @@ def probe(url: str) -> VideoInfo:
 def iter_frames(url: str, start: int = 0, count: int | None = None, expected: int | None = None) -> Iterator[np.ndarray]:
     """Yield upright `(H, W, 3)` uint8 frames `start, start+1, ...` one at a time.
 
-    Frames are counted in decode order from the first (no seeking: exact for every
-    codec and container). If `expected` (e.g. `probe().frames`) is given and the stream
-    ends early, the file is truncated and `VideoError` is raised.
+    Frames are counted in presentation order from the first; a `start` > 0 seeks
+    (`_decoded`: exact, or decoding from the first frame where seeking cannot be). If
+    `expected` (e.g. `probe().frames`) is given and the stream ends early, the file is
+    truncated and `VideoError` is raised.
     """
     if start < 0 or (count is not None and count < 0):
         raise ValueError(f"start and count must be >= 0, got {start}, {count}")
@@ -142,12 +143,12 @@ def iter_frames(url: str, start: int = 0, count: int | None = None, expected: in
             stream.thread_type = "AUTO"
             index = 0
             try:
-                for frame in container.decode(stream):
+                for index, frame in _decoded(container, stream, start):
                     if count is not None and index >= start + count:
                         return
                     if index >= start:
                         yield _upright(frame.to_ndarray(format="rgb24"), _frame_rotation(frame))
-                    index += 1
+                index += 1
             except av.error.FFmpegError as exc:
                 raise VideoError(url, f"decoding failed at frame {index} ({exc})") from exc
             if index == 0:
@@ -156,6 +157,37 @@ def iter_frames(url: str, start: int = 0, count: int | None = None, expected: in
                 raise VideoError(url, f"truncated: decoded {index} of {expected} frames")
         finally:
             container.close()
+
+
+def _decoded(container, stream, start: int) -> Iterator[tuple[int, av.VideoFrame]]:
+    """(index, frame) in presentation order, from frame `start` where seeking is exact, else from 0.
+
+    Seeking: the demuxed packets' time stamps (no decoding) give frame `start`'s; the decoder
+    starts at the key frame before it and skips to it. The first frame kept must carry exactly
+    that time stamp; where it does not (or a frame has none), the video is decoded from its
+    first frame instead, so the frames are the same either way, only slower.
+    """
+    if start > 0:
+        stamps = sorted(p.pts for p in container.demux(stream) if p.size and p.pts is not None)
+        found = False
+        if start < len(stamps):
+            target = stamps[start]
+            container.seek(target, stream=stream, backward=True, any_frame=False)
+            index = start
+            for frame in container.decode(stream):
+                if not found:
+                    if frame.pts is None or frame.pts > target:
+                        break
+                    if frame.pts < target:
+                        continue
+                    found = True
+                yield index, frame
+                index += 1
+        if found:
+            return
+        container.seek(0)
+    for index, frame in enumerate(container.decode(stream)):
+        yield index, frame
 
 
 def iter_chunks(url: str, chunk: int = 16, start: int = 0, count: int | None = None,
