@@ -13,6 +13,11 @@
 3. Memory: a --long-frames synthetic video restored by the tiny model; the process RSS is
    sampled as frames go by: early, late and peak (decode -> restore -> encode streams, so
    it must not grow with the length).
+4. Scaling (`--scaling`): one long multi-shot real video (bikes.mp4, 6 shots, repeated
+   --scaling-repeat times) restored sequentially on 1 actor and shot-parallel on 2 actors
+   (`--frames-per-task`): frames/s and the ratio; throughput against `--batch-shots`; and
+   the time of a 1-hour film on N GPUs, simulated from bikes.mp4's shot lengths and the
+   planning, task and join overheads measured here, per second of restorer time per frame.
 """
 from __future__ import annotations
 
@@ -140,6 +145,103 @@ def long_video_memory(cfg: RestoreConfig, folder: str, frames: int, size: tuple[
     print(f"  growth from the first 10% to the last 10%: {late - early:+.1f} MB")
 
 
+def film(path: str, repeat: int, width: int, height: int) -> tuple[str, list[int]]:
+    """bikes.mp4 (all 250 frames, 6 shots) at width x height, `repeat` times: (path, shot lengths)."""
+    import cv2
+
+    from pipelines.data.shots import detect_shots
+
+    frames = [cv2.resize(f, (width, height), interpolation=cv2.INTER_AREA)
+              for f in video.iter_frames(sample_video("bikes"))]
+    video.write_video(path, (f for _ in range(repeat) for f in frames), fps=25, crf=18, preset="veryfast")
+    return path, [b - a for a, b in detect_shots(np.stack(frames))]
+
+
+def scaling(args, model: str, tmp: str) -> None:
+    from pipelines.restore import archive, segments
+
+    folder = os.path.join(tmp, "film")
+    os.makedirs(folder)
+    src, shot_lengths = film(os.path.join(folder, "film.mp4"), args.scaling_repeat, *args.scaling_size)
+    info = video.probe(src)
+    base = RestoreConfig(src=folder, dst="", model=model, tile=0, preset="veryfast", num_cpus=1,
+                         progress_every_s=60, manifest_every_s=3600)
+    archive._ensure_ray(base)
+    t0 = time.perf_counter()
+    _, starts = segments.find_shots(src, base)
+    plan_fps = info.frames / (time.perf_counter() - t0)
+    print(f"\nscaling: {info.frames} frames {info.width}x{info.height} -> x4, {len(starts)} shots "
+          f"(bikes.mp4 x{args.scaling_repeat}); shot lengths {shot_lengths}; shot pass {plan_fps:.0f} frames/s")
+    walls = {}
+    for name, actors, fpt in (("1 actor, sequential", 1, 0), ("2 actors, shot-parallel", 2, args.frames_per_task)):
+        cfg = dataclasses.replace(base, dst=os.path.join(tmp, f"scale{actors}"), concurrency=actors,
+                                  frames_per_task=fpt)
+        t0 = time.perf_counter()
+        summary = archive.restore_archive(cfg)
+        walls[actors] = time.perf_counter() - t0
+        row = summary["rows"][0]
+        print(f"  {name:<26} {info.frames / walls[actors]:6.2f} frames/s ({walls[actors]:.1f} s wall incl. actor "
+              f"starts and model loads; {row['segments'] or 1} task(s))")
+    print(f"  ratio 2 actors / 1 actor: {walls[1] / walls[2]:.2f}x")
+    seq_frame_s = walls[1] / info.frames
+    b_fps = {}
+    for b in args.batch_shots:
+        cfg = dataclasses.replace(base, dst=os.path.join(tmp, f"batch{b}"), ray=False, frames_per_task=args.frames_per_task,
+                                  batch_shots=b)
+        summary = archive.restore_archive(cfg)
+        b_fps[b] = summary["frames"] / summary["seconds"]
+    print("  in-process throughput vs --batch-shots (1 CPU thread): " +
+          ", ".join(f"B={b}: {v:.2f} frames/s ({v / b_fps[args.batch_shots[0]]:.2f}x)" for b, v in b_fps.items()))
+    # Overheads per segment task and of the join, measured on this run.
+    seg_cfg = dataclasses.replace(base, dst=os.path.join(tmp, "overheads"), ray=False, frames_per_task=args.frames_per_task)
+    summary = archive.restore_archive(seg_cfg)
+    row = summary["rows"][0]
+    restore_s = row["restore_s"]
+    task_overhead = max(0.0, (row["seconds"] - restore_s) / max(1, row["segments"]))
+    out = os.path.join(seg_cfg.dst, "film.mp4")
+    t0 = time.perf_counter()
+    video.concat_videos([out] * 4, os.path.join(tmp, "joined.mp4"))
+    join_fps = 4 * info.frames / (time.perf_counter() - t0)
+    print(f"  per segment task: {task_overhead:.2f} s besides restoring (decode, seek, encode, open); "
+          f"join {join_fps:.0f} frames/s (packet copy)")
+    film_estimate(shot_lengths, args.frames_per_task, plan_fps, task_overhead, join_fps, seq_frame_s)
+
+
+def film_estimate(shot_lengths: list[int], frames_per_task: int, plan_fps: float, task_overhead: float,
+                  join_fps: float, frame_s_here: float, fps: float = 24.0, hours: float = 1.0) -> None:
+    """A `hours`-long film on N GPUs: shots drawn from `shot_lengths` (real cuts), grouped as
+    `segments.group_shots` does, handed to the next free actor in order (as Ray Data does);
+    serial parts: the shot pass (one task) and the join (the driver)."""
+    from pipelines.restore.segments import group_shots
+
+    rng = np.random.default_rng(0)
+    total, starts = int(hours * 3600 * fps), [0]
+    while starts[-1] < total:
+        starts.append(starts[-1] + int(rng.choice(shot_lengths)))
+    starts = starts[:-1]
+    segs = [s["count"] for s in group_shots(starts, total, frames_per_task)]
+    serial = total / plan_fps + total / join_fps
+    print(f"\n1-hour film estimate: {total} frames at {fps:g} fps, {len(starts)} shots (lengths drawn from "
+          f"bikes.mp4's), {len(segs)} segments of <= {frames_per_task} frames; serial: shot pass "
+          f"{total / plan_fps / 60:.1f} min + join {total / join_fps / 60:.1f} min (rates measured here at this "
+          f"resolution); {task_overhead:.1f} s per task")
+    print(f"  restorer time f s/frame; wall hours = a + b*f; here f = {frame_s_here:.3f} s (tiny model, 1 CPU)")
+    print(f"  {'GPUs':>5} {'a (h)':>7} {'b (h per s/frame)':>18} {'speedup':>8} {'at f here (h)':>14}")
+    one = None
+    for n in (1, 2, 4, 8, 16, 32, 64, 128):
+        load, tasks = np.zeros(n), np.zeros(n)            # frames and tasks per actor
+        for count in segs:                                 # greedy, in order: the next free actor
+            k = int(np.argmin(load + tasks * task_overhead / max(frame_s_here, 1e-9)))
+            load[k] += count
+            tasks[k] += 1
+        k = int(np.argmax(load * frame_s_here + tasks * task_overhead))
+        a = (serial + tasks[k] * task_overhead) / 3600
+        b = load[k] / 3600
+        wall = a + b * frame_s_here
+        one = one or wall
+        print(f"  {n:5d} {a:7.2f} {b:18.2f} {one / wall:8.2f} {wall:14.2f}")
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--frames", type=int, default=24, help="frames of the bikes piece (centred on its cut)")
@@ -155,8 +257,19 @@ def main(argv=None) -> int:
                     help="student timesteps for the long video (default the model's 4); fewer = faster")
     ap.add_argument("--long-size", type=int, nargs=2, default=(32, 32),
                     help="LR width height of the long video (the tiny flow net needs >= 32 px)")
+    ap.add_argument("--scaling", action=argparse.BooleanOptionalAction, default=True,
+                    help="the shot-parallel scaling run (part 4)")
+    ap.add_argument("--scaling-only", action="store_true", help="only part 4")
+    ap.add_argument("--scaling-repeat", type=int, default=2, help="bikes.mp4 repeated this many times (250 frames each)")
+    ap.add_argument("--scaling-size", type=int, nargs=2, default=(96, 40), help="LR width height of the long video")
+    ap.add_argument("--frames-per-task", type=int, default=120, help="segment size of the shot-parallel runs")
+    ap.add_argument("--batch-shots", type=int, nargs="+", default=(1, 2, 4), help="--batch-shots values compared")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
+    if args.scaling_only:
+        with tempfile.TemporaryDirectory(prefix="d2vr-bench-") as tmp:
+            scaling(args, make_model(os.path.join(tmp, "model")), tmp)
+        return 0
     with tempfile.TemporaryDirectory(prefix="d2vr-bench-") as tmp:
         model = make_model(os.path.join(tmp, "model"))
         src = bikes_piece(os.path.join(tmp, "in", "bikes.mp4"), args.frames, *args.lr_size)
@@ -192,6 +305,8 @@ def main(argv=None) -> int:
                                            timesteps=tuple(args.long_timesteps or ()))
             print(f"\nlong-video memory run: {args.long_model} restorer, timesteps {long_cfg.timesteps or 'default'}")
             long_video_memory(long_cfg, tmp, args.long_frames, tuple(args.long_size))
+        if args.scaling:
+            scaling(args, model, tmp)
         print(f"\nload average at the end: {os.getloadavg()[0]:.1f}")
     return 0
 

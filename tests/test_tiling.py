@@ -132,3 +132,39 @@ def test_per_tile_state_is_a_crop_of_the_previous_whole_frame():
     for (prev_lq, prev_hr), ((y0, y1), (x0, x1)) in zip(inner.seen_states[n:], boxes):
         assert torch.equal(prev_lq, lq[..., y0:y1, x0:x1])
         assert torch.equal(prev_hr, state.hr[..., 2 * y0:2 * y1, 2 * x0:2 * x1])  # blended, not the tile's own
+
+
+def test_tiled_map_equals_the_whole_map_for_a_local_decoder():
+    """A decoder whose output pixel sees latents within 3 px (three 3x3 convs, then x4 pixel
+    shuffle), tiled with a 4 px zero-weight margin: every blended pixel comes from tile
+    interiors that saw all their context, so tiled == untiled (what `vae_tile` relies on)."""
+    from models.tiles import TileConfig, tiled_map
+
+    torch.manual_seed(0)
+    decoder = torch.nn.Sequential(torch.nn.Conv2d(4, 16, 3, padding=1), torch.nn.SiLU(),
+                                  torch.nn.Conv2d(16, 16, 3, padding=1), torch.nn.SiLU(),
+                                  torch.nn.Conv2d(16, 48, 3, padding=1), torch.nn.PixelShuffle(4))
+    z = torch.randn(2, 4, 45, 70)
+    with torch.no_grad():
+        whole = decoder(z)
+        tiled = tiled_map(decoder, z, TileConfig(tile=24, overlap=12, margin=4, align=1), 4)
+        loose = tiled_map(decoder, z, TileConfig(tile=24, overlap=12, margin=0, align=1), 4)
+    assert tiled.shape == whole.shape == (2, 3, 180, 280)
+    assert torch.allclose(tiled, whole, atol=1e-5)
+    assert not torch.allclose(loose, whole, atol=1e-3)          # without the margin the edges show
+
+
+def test_vae_tile_decodes_the_small_prior_exactly_and_leaves_small_frames_alone():
+    import dataclasses
+
+    from models.presets import build_random_bundle
+    from models.upscaler.video import VideoUpscaler
+
+    up = VideoUpscaler(build_random_bundle("small", seed=0))
+    lq = torch.rand(1, 3, 40, 72)
+    latents = torch.randn(1, 48, 40, 72) * 0.1
+    whole = up.decode(latents, lq=lq)
+    up.cfg = dataclasses.replace(up.cfg, vae_tile=24)
+    assert torch.allclose(up.decode(latents, lq=lq), whole, atol=1e-6)
+    with pytest.raises(ValueError, match="vae_tile"):
+        dataclasses.replace(up.cfg, vae_tile=10)

@@ -19,6 +19,9 @@ def check_timesteps(timesteps, name: str) -> None:
         raise ValueError(f"{name} must be strictly decreasing in [0, 999], got {ts}")
 
 
+VAE_TILE_OVERLAP = 16      # latent px shared by neighbouring VAE decode tiles (64 px of output at x4)
+
+
 @dataclasses.dataclass(frozen=True)
 class UpscalerConfig:
     # the prior: a hub id (the paper's SD x4 Upscaler), a save_pretrained folder (unet/ vae/ scheduler/
@@ -35,6 +38,9 @@ class UpscalerConfig:
     # warped previous frame at latent size: "unshuffle" (3*s*s ch, lossless) or "bilinear" (3 ch)
     temporal_encoding: str = "unshuffle"
     flow_iters: int | None = None                         # flow refinement iterations; None = the flow net's default
+    # latent px: latents with a larger side are VAE-decoded in overlapping tiles (models.tiles; a 4K
+    # frame is 960x540 latent px, ~16 GB of decoder activations at once); 0 = never
+    vae_tile: int = 0
 
     def __post_init__(self):
         if self.teacher_solver not in SOLVERS:
@@ -47,3 +53,5 @@ class UpscalerConfig:
         if not self.guidance_scale >= 0:
             raise ValueError(f"guidance_scale must be >= 0, got {self.guidance_scale}")
         temporal_channels(self.temporal_encoding, 4)  # validates the name
+        if self.vae_tile and self.vae_tile <= VAE_TILE_OVERLAP + 1:
+            raise ValueError(f"vae_tile must be 0 or > {VAE_TILE_OVERLAP + 1} latent px, got {self.vae_tile}")

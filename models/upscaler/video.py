@@ -55,9 +55,11 @@ from models.pixel_codec import (
     module_dtype,
 )
 from models.temporal import no_previous, temporal_channels, warp_previous
+from models.tiles import TileConfig, tiled_map
 from models.timing import SectionTimer
 from models.upscaler import sampling
 from models.upscaler.bundle import UpscalerBundle
+from models.upscaler.config import VAE_TILE_OVERLAP
 from models.upscaler.config import SOLVERS, UpscalerConfig
 from models.upscaler.student import make_student, split_conv_in
 
@@ -383,8 +385,14 @@ class VideoUpscaler(nn.Module):
         base = latent_base(self.vae, None if lq is None else lq.to(self.device), self.scaling_factor)
         if base is not None:
             latents = latents + base
+        z = latents.to(self.vae_dtype) / self.scaling_factor
+        tile = self.cfg.vae_tile
         with self._section("vae"):
-            img = self.vae.decode(latents.to(self.vae_dtype) / self.scaling_factor, return_dict=False)[0]
+            if tile and max(z.shape[-2:]) > tile:           # large frames: overlapping tiles, blended
+                cfg = TileConfig(tile=tile, overlap=VAE_TILE_OVERLAP, margin=2, align=1)
+                img = tiled_map(lambda part: self.vae.decode(part, return_dict=False)[0], z, cfg, self.scale)
+            else:
+                img = self.vae.decode(z, return_dict=False)[0]
         img = (img.float() + 1) / 2
         return img.clamp(0, 1) if clamp else img
 

@@ -29,6 +29,12 @@ class RestoreConfig:
     tile_overlap: int = 32                 # LR px shared by neighbouring tiles
     tile_margin: int = 4                   # LR px at a shared tile edge with zero blend weight
     tile_align: int = 8                    # LR px: tile starts are multiples (the x4 UNet downsamples by 8)
+    # "wavelet" or "adain": give each restored frame the colours of its input's bicubic upscale (its
+    # low frequencies, or its channel mean / std; models.color_fix); "none" = the restorer's own
+    color_fix: str = "none"
+    # latent px: a model whose latents have a larger side VAE-decodes them in overlapping tiles
+    # (a 4K output frame is 960x540 latent px; --tile restores smaller pieces anyway); 0 = never
+    vae_tile: int = 512
     seed: int = 0                          # noise seed: frame t of a shot uses seed + t (= restore_clip)
     timesteps: tuple[int, ...] = ()        # student timesteps; () = the model's (the paper's 750/500/250/0)
     flow_iters: int = 0                    # flow refinement iterations; 0 = the flow net's default
@@ -57,6 +63,7 @@ class RestoreConfig:
         """Every flag's range, checked before any work: a bad one is `ValueError("--flag: ...")`."""
         require(self.scale >= 1, "--scale", ">= 1", self.scale)
         require(self.concurrency >= 1, "--concurrency", ">= 1", self.concurrency)
+        require(self.vae_tile == 0 or self.vae_tile > 17, "--vae-tile", "0 or > 17 latent px", self.vae_tile)
         require(self.frames_per_task >= 0, "--frames-per-task", ">= 0", self.frames_per_task)
         require(self.batch_shots >= 1, "--batch-shots", ">= 1", self.batch_shots)
         top = CRF_MAX.get(self.codec, 63)
@@ -67,6 +74,8 @@ class RestoreConfig:
         require(self.progress_every_s > 0, "--progress-every-s", "> 0 seconds", self.progress_every_s)
         require(self.manifest_every_s > 0, "--manifest-every-s", "> 0 seconds", self.manifest_every_s)
         require(self.flow_iters >= 0, "--flow-iters", ">= 0", self.flow_iters)
+        require(self.color_fix in ("none", "wavelet", "adain"), "--color-fix", "one of none, wavelet, adain",
+                self.color_fix)
         for name in ("dtype", "vae_dtype"):
             value = getattr(self, name)
             allowed = ["auto", *sorted(DTYPES)]

@@ -121,6 +121,41 @@ def draw_noise(restorer, batch: int, height: int, width: int, generator: torch.G
     return [randn((batch, c, height, width), generator) for c in restorer.noise_channels]
 
 
+class ColorFixedRestorer:
+    """Wrap a restorer: each restored frame gets `models.color_fix` (toward the bicubic upscale
+    of its input) on its way out; the recurrent state keeps the raw restoration, as trained."""
+
+    def __init__(self, inner, mode: str):
+        from models.color_fix import COLOR_FIXES
+
+        if mode not in COLOR_FIXES:
+            raise ValueError(f"--color-fix: must be one of {COLOR_FIXES}, got {mode!r}")
+        self.inner, self.mode = inner, mode
+        self.scale = inner.scale
+        self.noise_channels = tuple(getattr(inner, "noise_channels", ()))
+
+    @property
+    def tiles_last_frame(self) -> int:
+        return int(getattr(self.inner, "tiles_last_frame", 1))
+
+    def randn(self, shape, generator):
+        inner = getattr(self.inner, "randn", None)
+        return inner(shape, generator) if inner is not None else torch.randn(shape, generator=generator)
+
+    def state_from(self, lq, hr):
+        return self.inner.state_from(lq, hr)
+
+    def restore_frame(self, lq, state=None, noise=None):
+        return self.restore_batch([lq], [state], [noise])[0]
+
+    def restore_batch(self, lqs, states, noises):
+        from models.color_fix import color_fix
+
+        out = restore_batch(self.inner, lqs, states, noises) if all(n is not None for n in noises) else \
+            [self.inner.restore_frame(lq, st, None) for lq, st in zip(lqs, states)]
+        return [(color_fix(hr, lq, self.mode), state) for lq, (hr, state) in zip(lqs, out)]
+
+
 def restore_batch(restorer, lqs: Sequence[torch.Tensor], states: Sequence[Any],
                   noises: Sequence[Sequence[torch.Tensor]]) -> list[tuple[torch.Tensor, Any]]:
     """[(hr, next state)] of frames of one size from several streams: in one batch where the
@@ -151,7 +186,8 @@ def load_restorer(cfg: RestoreConfig, device: torch.device | str | None = None) 
         inner: Restorer = BicubicRestorer(cfg.scale)
     else:
         inner = DiffusionRestorer(_load_upscaler(cfg, device), cfg.timesteps or None)
-    return TiledRestorer(inner, cfg.tile_config()) if cfg.tile else inner
+    restorer = TiledRestorer(inner, cfg.tile_config()) if cfg.tile else inner
+    return ColorFixedRestorer(restorer, cfg.color_fix) if cfg.color_fix != "none" else restorer
 
 
 def _load_upscaler(cfg: RestoreConfig, device: torch.device):
@@ -161,6 +197,7 @@ def _load_upscaler(cfg: RestoreConfig, device: torch.device):
     from pipelines import model_folder
 
     overrides = {"flow_iters": cfg.flow_iters} if cfg.flow_iters else {}
+    overrides["vae_tile"] = cfg.vae_tile
     try:
         up = model_folder.load(cfg.model, device, dtype=parse_dtype(cfg.dtype, device),
                                vae_dtype=parse_dtype(cfg.vae_dtype, device), **overrides)

@@ -196,9 +196,10 @@ class _Job:
 
 
 def _sections(restorer) -> dict[str, float]:
-    """Cumulative flow / unet / vae seconds of a (possibly tiled) diffusion restorer."""
-    inner = getattr(restorer, "inner", restorer)
-    return dict(inner.section_seconds()) if hasattr(inner, "section_seconds") else {}
+    """Cumulative flow / unet / vae seconds of a diffusion restorer (under any wrappers)."""
+    while not hasattr(restorer, "section_seconds") and hasattr(restorer, "inner"):
+        restorer = restorer.inner
+    return dict(restorer.section_seconds()) if hasattr(restorer, "section_seconds") else {}
 
 
 class _InputError(Exception):

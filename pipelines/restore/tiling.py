@@ -27,66 +27,14 @@ visible edge. A frame border is never a tile edge: there the weight stays 1.
 from __future__ import annotations
 
 import dataclasses
-import itertools
-import math
 from collections.abc import Sequence
 from typing import Any
 
 import torch
 
+from models.tiles import TileConfig, axis_weights, tile_spans
 
-@dataclasses.dataclass(frozen=True)
-class TileConfig:
-    tile: int = 256     # LR px, tile side; a frame side above this is tiled (0 = never tile)
-    overlap: int = 32   # LR px, least overlap of neighbouring tiles (> 2 * margin)
-    margin: int = 4     # LR px at a shared tile edge given zero weight (edge effects of the model)
-    align: int = 8      # LR px, tile starts are multiples of this (the UNet's total downsampling)
-
-    def __post_init__(self):
-        if self.tile < 0 or self.margin < 0 or self.align < 1:
-            raise ValueError(f"tile, margin must be >= 0 and align >= 1, got {self}")
-        if self.tile and self.overlap <= 2 * self.margin:
-            raise ValueError(f"overlap ({self.overlap}) must exceed 2 * margin ({2 * self.margin})")
-        if self.tile and self.tile <= self.overlap + self.align:
-            raise ValueError(f"tile ({self.tile}) must exceed overlap + align ({self.overlap + self.align})")
-
-
-def tile_spans(length: int, cfg: TileConfig) -> list[tuple[int, int]]:
-    """[(start, end)] LR spans covering [0, length): aligned starts, overlaps >= cfg.overlap."""
-    if length < 1:
-        raise ValueError(f"length must be >= 1, got {length}")
-    if not cfg.tile or length <= cfg.tile:
-        return [(0, length)]
-    # The fewest tiles whose evenly spread, `align`-floored starts keep every overlap at
-    # least `overlap` (flooring can widen a gap by up to align - 1, hence the search).
-    n = math.ceil((length - cfg.tile) / (cfg.tile - cfg.overlap)) + 1
-    while True:
-        starts = [(i * (length - cfg.tile) // (n - 1)) // cfg.align * cfg.align for i in range(n)]
-        if all(b - a <= cfg.tile - cfg.overlap for a, b in itertools.pairwise(starts)):
-            break
-        n += 1
-    starts = sorted(set(starts))          # flooring can merge the last two starts (short frames)
-    return [(s, s + cfg.tile) for s in starts[:-1]] + [(starts[-1], length)]
-
-
-def _ramp(distance: torch.Tensor, margin: float, width: float) -> torch.Tensor:
-    """Raised cosine of the distance (px) to a shared edge: 0 below margin, 1 past margin+width."""
-    t = ((distance - margin) / width).clamp(0, 1)
-    return 0.5 - 0.5 * torch.cos(math.pi * t)
-
-
-def axis_weights(span: tuple[int, int], length: int, cfg: TileConfig, scale: int) -> torch.Tensor:
-    """(scale * (end - start),) float64 HR weights of one tile along one axis."""
-    start, end = span
-    n = (end - start) * scale
-    centres = torch.arange(n, dtype=torch.float64) + 0.5           # HR pixel centres in the tile
-    margin, width = cfg.margin * scale, (cfg.overlap - 2 * cfg.margin) * scale
-    w = torch.ones(n, dtype=torch.float64)
-    if start > 0:                                                   # a neighbour on this side
-        w = w * _ramp(centres, margin, width)
-    if end < length:
-        w = w * _ramp(n - centres, margin, width)
-    return w
+__all__ = ["TileConfig", "TiledRestorer", "TiledState", "axis_weights", "tile_spans"]
 
 
 @dataclasses.dataclass
