@@ -538,6 +538,7 @@ def main(argv=None) -> int:
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     state = State(out, cfg.restart)
+    (out / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=1))   # what this run used
     total = cfg.minutes
     student_minutes = total * (1 - cfg.prior_share - cfg.flow_share) / max(1, len(cfg.students))
     if cfg.prior:

@@ -56,9 +56,11 @@ def _cfg(src, dst, model, **kw) -> RestoreConfig:
 
 @pytest.fixture(scope="module")
 def reference(film, model, tmp_path_factory) -> np.ndarray:
-    """The film restored in this process, segment after segment (--batch-shots 1)."""
+    """The film restored sequentially in this process: one task, the whole video."""
     dst = tmp_path_factory.mktemp("reference")
-    assert restore_archive(_cfg(film, dst, model, ray=False, frames_per_task=8))["restored"] == 1
+    assert restore_archive(_cfg(film, dst, model, ray=False))["restored"] == 1
+    row = _row(dst)
+    assert row["segments"] == 0 and row["shots"] == 3
     return video.read_frames(str(dst / "film.mp4"))
 
 
@@ -75,18 +77,15 @@ def test_group_shots_never_cuts_a_shot_and_keeps_groups_near_the_target():
     assert len(group_shots([0], 40, 50)) == 1
 
 
-def test_shot_parallel_on_two_actors_equals_the_sequential_restoration(film, model, ray_local, tmp_path):
-    seq = restore_archive(_cfg(film, tmp_path / "seq", model, concurrency=1))
+def test_shot_parallel_on_two_actors_equals_the_sequential_restoration(film, model, reference, ray_local, tmp_path):
     par = restore_archive(_cfg(film, tmp_path / "par", model, concurrency=2, frames_per_task=8))
-    assert seq["restored"] == par["restored"] == 1
-    a = video.read_frames(str(tmp_path / "seq" / "film.mp4"))
-    b = video.read_frames(str(tmp_path / "par" / "film.mp4"))
+    assert par["restored"] == 1
+    a, b = reference, video.read_frames(str(tmp_path / "par" / "film.mp4"))
     assert a.shape == b.shape == (FILM_FRAMES, 160, 384, 3)
     assert np.array_equal(a, b)                                  # frame for frame, bit for bit
     assert float(np.abs(a.astype(np.int16)[1:] - a[:-1]).mean()) > 1    # and not a frozen frame
-    row_seq, row_par = _row(tmp_path / "seq"), _row(tmp_path / "par")
-    assert row_seq["segments"] == 0 and row_par["segments"] == 3 and row_par["segments_reused"] == 0
-    assert row_par["shots"] == row_seq["shots"] == 3
+    row_par = _row(tmp_path / "par")
+    assert row_par["segments"] == 3 and row_par["segments_reused"] == 0 and row_par["shots"] == 3
     assert 1 <= len(row_par["worker"].split(",")) <= 2           # the actors that restored its segments
     info = video.probe(str(tmp_path / "par" / "film.mp4"))
     assert info.has_audio and info.audio_codec == "aac" and info.frames == FILM_FRAMES
