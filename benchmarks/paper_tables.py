@@ -509,12 +509,16 @@ def tables_stage(cfg: TablesConfig, out: Path, state: dict) -> dict:
     sections.append(markdown("Table 3 (heavy degradation): loss ablation", tab3, PAPER["table3"], random_note))
     for name, preset, methods in (("table1", "medium", t1), ("table2", "heavy", t2), ("table3", "heavy", t3)):
         picture(out, preset, 0, methods, out / f"{name}.png")
-    header = (f"# D2-VR in miniature (benchmarks/paper_tables.py)\n\nSmall pixel-space prior and students trained "
-              f"from scratch on {', '.join(cfg.videos)} (first 80% of frames) for {cfg.minutes:g} min in all; "
-              f"evaluated on {cfg.eval_frames} held-out consecutive frames per video, centre {cfg.eval_crop} px, x4, "
-              f"TecoGAN convention. Training: " + "; ".join(
-                  f"{k} {v.get('steps', v.get('unet_steps', ''))} steps" for k, v in state.items()
-                  if k.startswith(("prior", "student:"))) + "\n")
+    prior = state.get("prior", {})
+    made = (f"distilled from the given prior {prior.get('folder')}" if prior.get("given") else
+            f"a small pixel-space prior trained from scratch ({prior.get('unet_steps', '?')} steps)")
+    header = (f"# D2-VR in miniature (benchmarks/paper_tables.py)\n\n{made}, on {', '.join(cfg.videos)} "
+              f"(first 80% of frames); students trained '{cfg.student_input}' at lr {cfg.student_lr:g}, "
+              f"lambda_rec {cfg.student_rec:g}, EMA {cfg.student_ema:g}; evaluated on {cfg.eval_frames} held-out "
+              f"consecutive frames per video, centre {cfg.eval_crop} px, x4, TecoGAN convention. Training: " + "; ".join(
+                  f"{k} {v.get('steps')} steps ({v.get('seconds', 0) / 60:.1f} min)" for k, v in state.items()
+                  if k.startswith("student:")) + f"; flow nets {state.get('flow', {}).get('seconds', 0) / 60:.1f} min; "
+              f"evaluation {state.get('eval', {}).get('seconds', 0) / 60:.1f} min\n")
     text = header + "\n" + "\n".join(sections)
     (out / "tables.md").write_text(text)
     (out / "tables.json").write_text(json.dumps(data, indent=1))

@@ -65,7 +65,7 @@ def reference(film, model, tmp_path_factory) -> np.ndarray:
 
 
 def _row(dst) -> dict:
-    (row,) = read_manifest(os.path.join(str(dst), "manifest.parquet")).values()
+    (row,) = read_manifest(storage.join(str(dst), "manifest.parquet")).values()
     return row
 
 
@@ -77,20 +77,24 @@ def test_group_shots_never_cuts_a_shot_and_keeps_groups_near_the_target():
     assert len(group_shots([0], 40, 50)) == 1
 
 
-def test_shot_parallel_on_two_actors_equals_the_sequential_restoration(film, model, reference, ray_local, tmp_path):
-    par = restore_archive(_cfg(film, tmp_path / "par", model, concurrency=2, frames_per_task=8))
+def test_shot_parallel_on_two_actors_equals_the_sequential_restoration(film, model, reference, ray_local, s3_bucket,
+                                                                       tmp_path):
+    """Input on the loopback S3 server, segments and output there too (the join reads them back)."""
+    src, dst = f"{s3_bucket}/raw", f"{s3_bucket}/restored"
+    storage.upload_file(os.path.join(film, "film.mp4"), f"{src}/film.mp4")
+    par = restore_archive(_cfg(src, dst, model, concurrency=2, frames_per_task=8))
     assert par["restored"] == 1
-    a, b = reference, video.read_frames(str(tmp_path / "par" / "film.mp4"))
+    with storage.local_copy(f"{dst}/film.mp4") as out:
+        a, b, info = reference, video.read_frames(out), video.probe(out)
     assert a.shape == b.shape == (FILM_FRAMES, 160, 384, 3)
     assert np.array_equal(a, b)                                  # frame for frame, bit for bit
     assert float(np.abs(a.astype(np.int16)[1:] - a[:-1]).mean()) > 1    # and not a frozen frame
-    row_par = _row(tmp_path / "par")
-    assert row_par["segments"] == 3 and row_par["segments_reused"] == 0 and row_par["shots"] == 3
-    assert 1 <= len(row_par["worker"].split(",")) <= 2           # the actors that restored its segments
-    info = video.probe(str(tmp_path / "par" / "film.mp4"))
+    row = _row(dst)
+    assert row["segments"] == 3 and row["segments_reused"] == 0 and row["shots"] == 3
+    assert 1 <= len(row["worker"].split(",")) <= 2               # the actors that restored its segments
     assert info.has_audio and info.audio_codec == "aac" and info.frames == FILM_FRAMES
-    assert not os.path.exists(tmp_path / "par" / SEGMENTS_DIR / "film.mp4")    # removed after the join
-    assert os.path.exists(tmp_path / "par" / "film.mp4.done")
+    assert storage.exists(f"{dst}/film.mp4.done")
+    assert not storage.list_files(f"{dst}/{SEGMENTS_DIR}")       # removed after the join
 
 
 def test_a_killed_run_resumes_from_its_finished_segments(film, model, reference, tmp_path):

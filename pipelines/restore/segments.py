@@ -19,7 +19,7 @@ With `--frames-per-task N` a video longer than N frames is restored as several t
    segment folder is removed.
 
 Resume: a re-run reads the plan (no detector pass) and restores only the segments without a
-complete marker; a changed input or changed settings discard the folder and plan again.
+complete marker; a changed input, changed settings or `--force` discard the folder and plan again.
 """
 from __future__ import annotations
 
@@ -81,6 +81,8 @@ def plan_video(item: dict, cfg: RestoreConfig) -> dict:
     """The plan of one video (see the module docstring); reuses a saved plan that still holds.
     Raises `video.VideoError` for an unreadable input."""
     path = storage.join(folder(cfg, item), PLAN_NAME)
+    if cfg.force:                                          # --force: nothing of an earlier run is kept
+        storage.remove_tree(folder(cfg, item))
     if storage.exists(path):
         saved = json.loads(storage.read_text(path))
         if saved.get("source_version") == item["source_version"] and saved.get("settings") == settings(cfg):
