@@ -28,9 +28,10 @@ class TileConfig:
     overlap: int = 32   # LR px, least overlap of neighbouring tiles (> 2 * margin)
     margin: int = 4     # LR px at a shared tile edge given zero weight (edge effects of the model)
     align: int = 8      # LR px, tile starts are multiples of this (the UNet's total downsampling)
+    halo: int = 0       # LR px of context around a tile for its flow and previous-frame warp (0 = none)
 
     def __post_init__(self):
-        if self.tile < 0 or self.margin < 0 or self.align < 1:
+        if self.tile < 0 or self.margin < 0 or self.align < 1 or self.halo < 0:
             raise ValueError(f"tile, margin must be >= 0 and align >= 1, got {self}")
         if self.tile and self.overlap <= 2 * self.margin:
             raise ValueError(f"overlap ({self.overlap}) must exceed 2 * margin ({2 * self.margin})")

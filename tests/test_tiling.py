@@ -168,3 +168,38 @@ def test_vae_tile_decodes_the_small_prior_exactly_and_leaves_small_frames_alone(
     assert torch.allclose(up.decode(latents, lq=lq), whole, atol=1e-6)
     with pytest.raises(ValueError, match="vae_tile"):
         dataclasses.replace(up.cfg, vae_tile=10)
+
+
+def test_a_tile_halo_lets_content_move_in_from_the_neighbouring_tile(tmp_path):
+    """With a flow of 3 LR px, a tile's temporal input (warped previous frame + valid mask)
+    equals the whole frame's inside the tile when the tile's flow and warp see a 16 px halo;
+    without it, pixels whose content comes from the next tile are lost at the tile edges."""
+    from models.upscaler.video import TemporalState
+    from pipelines.restore.config import RestoreConfig
+    from pipelines.restore.restorers import load_restorer
+    from pipelines.restore.tiling import TiledState
+    from tests.test_restore import tiny_model_dir
+
+    diffusion = load_restorer(RestoreConfig(model=tiny_model_dir(tmp_path / "m"), tile=0))
+    up = diffusion.up
+
+    def shift_flow(lq, prev):                      # current pixel p is seen at p + (3, 1) in the previous
+        b, _, h, w = lq.shape
+        return torch.stack([torch.full((b, h, w), 3.0), torch.full((b, h, w), 1.0)], 1)
+
+    up.lowres_flow = shift_flow
+    g = torch.Generator().manual_seed(0)
+    prev_lq, lq = torch.rand(1, 3, 40, 72, generator=g), torch.rand(1, 3, 40, 72, generator=g)
+    prev_hr = torch.rand(1, 3, 160, 288, generator=g)
+    whole = up.temporal_input(lq, TemporalState(prev_lq, prev_hr))
+    errors = {}
+    for halo in (0, 16):
+        tiled = TiledRestorer(diffusion, TileConfig(tile=32, overlap=12, margin=2, align=4, halo=halo))
+        worst = 0.0
+        for y0, y1 in tile_spans(40, tiled.cfg):
+            for x0, x1 in tile_spans(72, tiled.cfg):
+                state = tiled._tile_state(TiledState(prev_lq, prev_hr), lq, (y0, y1, x0, x1))
+                t = diffusion._temporal(lq[..., y0:y1, x0:x1], state)
+                worst = max(worst, float((t - whole[..., y0:y1, x0:x1]).abs().max()))
+        errors[halo] = worst
+    assert errors[16] < 1e-4 and errors[0] > 0.5, errors          # grid_sample rounding: ~3e-5

@@ -29,6 +29,7 @@ class RestoreConfig:
     tile_overlap: int = 32                 # LR px shared by neighbouring tiles
     tile_margin: int = 4                   # LR px at a shared tile edge with zero blend weight
     tile_align: int = 8                    # LR px: tile starts are multiples (the x4 UNet downsamples by 8)
+    tile_halo: int = 16                    # LR px around a tile that its flow and previous-frame warp also see
     # "wavelet" or "adain": give each restored frame the colours of its input's bicubic upscale (its
     # low frequencies, or its channel mean / std; models.color_fix); "none" = the restorer's own
     color_fix: str = "none"
@@ -83,7 +84,8 @@ class RestoreConfig:
         try:
             self.tile_config()
         except ValueError as exc:
-            raise ValueError(f"--tile/--tile-overlap/--tile-margin/--tile-align: {exc}") from None
+            raise ValueError(f"--tile/--tile-overlap/--tile-margin/--tile-align/--tile-halo: {exc}") from None
 
     def tile_config(self) -> TileConfig:
-        return TileConfig(tile=self.tile, overlap=self.tile_overlap, margin=self.tile_margin, align=self.tile_align)
+        return TileConfig(tile=self.tile, overlap=self.tile_overlap, margin=self.tile_margin, align=self.tile_align,
+                          halo=self.tile_halo)

@@ -7,7 +7,7 @@ non-learned baseline) or `DiffusionRestorer` (the few-step student of a model fo
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -62,6 +62,8 @@ class DiffusionRestorer:
     as tensors lets a tiled frame use crops of one whole-frame draw.
     """
 
+    state_takes_context = True             # `state_from(..., context=)`: tiles with a halo (tiling.py)
+
     def __init__(self, upscaler, timesteps: Sequence[int] | None = None):
         self.up = upscaler
         self.scale = int(upscaler.scale)
@@ -72,10 +74,20 @@ class DiffusionRestorer:
     def randn(self, shape, generator):
         return self.up.randn(shape, generator)
 
-    def state_from(self, lq, hr):
+    def state_from(self, lq, hr, context=None):
+        """The state a tile of the previous frame leaves; `context` = (this frame's LR crop of the
+        same window, (y0, y1, x0, x1) of the tile within it): flow and warp then run on the
+        whole window (the tile's halo) and the temporal input is cut to the tile."""
         from models.upscaler.video import TemporalState
 
-        return TemporalState(lq=lq.to(self.up.device), hr=hr.to(self.up.device))
+        state = TemporalState(lq=lq.to(self.up.device), hr=hr.to(self.up.device))
+        return state if context is None else WindowState(state, context[0].to(self.up.device), context[1])
+
+    def _temporal(self, lq, state):
+        if isinstance(state, WindowState):
+            y0, y1, x0, x1 = state.crop
+            return self.up.temporal_input(state.current, state.previous)[..., y0:y1, x0:x1]
+        return self.up.temporal_input(lq, state)
 
     @torch.no_grad()
     def restore_frame(self, lq, state=None, noise=None):
@@ -85,7 +97,7 @@ class DiffusionRestorer:
         lq = up.check_lq(lq)
         b, _, h, w = lq.shape
         noise = draw_noise(self, b, h, w, None) if noise is None else noise
-        hr = self._sample(lq, up.temporal_input(lq, state), noise)
+        hr = self._sample(lq, self._temporal(lq, state), noise)
         return hr, TemporalState(lq=lq, hr=hr)
 
     @torch.no_grad()
@@ -96,7 +108,7 @@ class DiffusionRestorer:
 
         up = self.up
         lqs = [up.check_lq(lq) for lq in lqs]
-        temporal = torch.cat([up.temporal_input(lq, state) for lq, state in zip(lqs, states)])
+        temporal = torch.cat([self._temporal(lq, state) for lq, state in zip(lqs, states)])
         noise = [torch.cat(parts) for parts in zip(*noises)]
         hr = self._sample(torch.cat(lqs), temporal, noise)
         return [(hr[i:i + 1], TemporalState(lq=lq, hr=hr[i:i + 1])) for i, lq in enumerate(lqs)]
@@ -112,6 +124,15 @@ class DiffusionRestorer:
     def section_seconds(self) -> dict[str, float]:
         timer = getattr(self.up, "timer", None)
         return dict(timer.seconds) if timer is not None else {}
+
+
+class WindowState(NamedTuple):
+    """A tile's temporal state with its halo: the previous frame's window, this frame's, and
+    where the tile lies in the window."""
+
+    previous: Any                          # TemporalState of the window (LR + restored HR)
+    current: torch.Tensor                  # (1, 3, wh, ww) this frame's LR window
+    crop: tuple[int, int, int, int]        # (y0, y1, x0, x1) of the tile inside the window, LR px
 
 
 def draw_noise(restorer, batch: int, height: int, width: int, generator: torch.Generator | None

@@ -35,7 +35,7 @@ SEGMENTS_DIR = ".d2vr-segments"
 PLAN_NAME = "plan.json"
 # the flags that change the restored frames or their encoding: segments made under others are not reused
 SHAPING = ("model", "scale", "seed", "timesteps", "flow_iters", "shot_threshold", "min_shot_len", "codec", "crf",
-           "preset", "pix_fmt", "container", "tile", "tile_overlap", "tile_margin", "tile_align", "dtype",
+           "preset", "pix_fmt", "container", "tile", "tile_overlap", "tile_margin", "tile_align", "tile_halo", "dtype",
            "vae_dtype", "frames_per_task", "color_fix", "vae_tile")
 
 

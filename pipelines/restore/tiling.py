@@ -19,8 +19,11 @@ visible edge. A frame border is never a tile edge: there the weight stays 1.
   and each tile gets its crop, so tiled and untiled diffusion see the same noise at the
   same pixel.
 - Temporal state: the tiled state is the previous whole (blended) frame; each tile is
-  conditioned on its crop of it (`Restorer.state_from`), i.e. exactly what the untiled
-  model would see inside the tile, and no tile drifts from its neighbours.
+  conditioned on its crop of it (`Restorer.state_from`), and no tile drifts from its
+  neighbours. With `halo` > 0 (and a restorer whose `state_from` takes `context`) the flow
+  and the warp of the previous frame run on a window `halo` px larger than the tile, so
+  content that moves in from a neighbouring tile is warped in, not marked invalid; the
+  temporal input is then cut to the tile.
 - Memory: only one tile is on the model's device at a time; the blend accumulators (HR
   frame + weight sum) live on `accumulate_device` (default CPU).
 """
@@ -106,9 +109,8 @@ class TiledRestorer:
                 # 2. The tile's crops of every stream: frame, whole-frame noise, previous whole frame.
                 tile_lqs = [lq[..., y0:y1, x0:x1] for lq in lqs]
                 tile_noises = [[n[..., y0:y1, x0:x1] for n in noise] for noise in noises]
-                tile_states = [None if state is None else self.inner.state_from(
-                    state.lq[..., y0:y1, x0:x1], state.hr[..., y0 * s:y1 * s, x0 * s:x1 * s].to(lq.device))
-                    for state, lq in zip(states, lqs)]
+                tile_states = [None if state is None else self._tile_state(state, lq, (y0, y1, x0, x1))
+                               for state, lq in zip(states, lqs)]
                 # 3. Restore the tile (all streams) and add it with its weights.
                 weight = (wyi[:, None] * wxj[None, :]).to(dev, torch.float32)[None, None]
                 for a, (hr_tile, _) in zip(acc, restore_batch(self.inner, tile_lqs, tile_states, tile_noises)):
@@ -119,6 +121,22 @@ class TiledRestorer:
             hr = a / wsum
             out.append((hr, TiledState(lq=lq, hr=hr)))
         return out
+
+
+    def _tile_state(self, state: TiledState, lq: torch.Tensor, tile: tuple[int, int, int, int]):
+        """The tile's crop of the previous whole frame; with a halo, the crop of a window `halo` px
+        larger on every side (within the frame), for restorers whose `state_from` takes the
+        window's context (flow and warp see content moving in from a neighbouring tile)."""
+        y0, y1, x0, x1 = tile
+        s, halo = self.scale, self.cfg.halo
+        h, w = lq.shape[-2:]
+        if halo and getattr(self.inner, "state_takes_context", False):
+            a0, a1, b0, b1 = max(0, y0 - halo), min(h, y1 + halo), max(0, x0 - halo), min(w, x1 + halo)
+            return self.inner.state_from(state.lq[..., a0:a1, b0:b1], state.hr[..., a0 * s:a1 * s, b0 * s:b1 * s]
+                                         .to(lq.device), context=(lq[..., a0:a1, b0:b1],
+                                                                  (y0 - a0, y1 - a0, x0 - b0, x1 - b0)))
+        return self.inner.state_from(state.lq[..., y0:y1, x0:x1], state.hr[..., y0 * s:y1 * s, x0 * s:x1 * s]
+                                     .to(lq.device))
 
 
 @dataclasses.dataclass
