@@ -168,7 +168,7 @@ def scaling(args, model: str, tmp: str) -> None:
                          progress_every_s=60, manifest_every_s=3600)
     archive._ensure_ray(base)
     t0 = time.perf_counter()
-    _, starts = segments.find_shots(src, base)
+    starts = segments.find_shots(src, base, info)
     plan_fps = info.frames / (time.perf_counter() - t0)
     print(f"\nscaling: {info.frames} frames {info.width}x{info.height} -> x4, {len(starts)} shots "
           f"(bikes.mp4 x{args.scaling_repeat}); shot lengths {shot_lengths}; shot pass {plan_fps:.0f} frames/s")

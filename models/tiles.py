@@ -77,22 +77,25 @@ def axis_weights(span: tuple[int, int], length: int, cfg: TileConfig, scale: int
     return w
 
 
-def tiled_map(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, cfg: TileConfig,
-              scale: int) -> torch.Tensor:
-    """`fn` ((B, C, h', w') -> (B, C', s*h', s*w')) applied to the overlapping tiles of x
-    (B, C, h, w) and blended: (B, C', s*h, s*w) float32. Only one tile's output is alive at a time
-    besides the accumulators."""
+def tiled_map(fn: Callable[[torch.Tensor, tuple[int, int, int, int]], torch.Tensor], x: torch.Tensor,
+              cfg: TileConfig, scale: int, accumulate_device: torch.device | str | None = None) -> torch.Tensor:
+    """`fn(crop, (y0, y1, x0, x1))` ((B, C, h', w') -> (B, C', s*h', s*w')) applied to the
+    overlapping tiles of x (B, C, h, w) and blended: (B, C', s*h, s*w) float32, accumulated on
+    `accumulate_device` (default: where `fn`'s output is). Only one tile's output is alive at a
+    time besides the accumulators."""
     h, w = x.shape[-2:]
     ys, xs = tile_spans(h, cfg), tile_spans(w, cfg)
+    wx = [axis_weights(span, w, cfg, scale) for span in xs]
     acc = wsum = None
     for y0, y1 in ys:
         wy = axis_weights((y0, y1), h, cfg, scale)
-        for x0, x1 in xs:
-            out = fn(x[..., y0:y1, x0:x1]).float()
+        for (x0, x1), wxj in zip(xs, wx):
+            out = fn(x[..., y0:y1, x0:x1], (y0, y1, x0, x1))
+            out = out.to(accumulate_device if accumulate_device is not None else out.device, torch.float32)
             if acc is None:
                 acc = out.new_zeros(out.shape[0], out.shape[1], h * scale, w * scale)
                 wsum = out.new_zeros(1, 1, h * scale, w * scale)
-            weight = (wy[:, None] * axis_weights((x0, x1), w, cfg, scale)[None, :]).to(out)[None, None]
+            weight = (wy[:, None] * wxj[None, :]).to(out)[None, None]
             acc[..., y0 * scale:y1 * scale, x0 * scale:x1 * scale] += out * weight
             wsum[..., y0 * scale:y1 * scale, x0 * scale:x1 * scale] += weight
     return acc / wsum

@@ -147,8 +147,8 @@ def test_tiled_map_equals_the_whole_map_for_a_local_decoder():
     z = torch.randn(2, 4, 45, 70)
     with torch.no_grad():
         whole = decoder(z)
-        tiled = tiled_map(decoder, z, TileConfig(tile=24, overlap=12, margin=4, align=1), 4)
-        loose = tiled_map(decoder, z, TileConfig(tile=24, overlap=12, margin=0, align=1), 4)
+        tiled = tiled_map(lambda part, _: decoder(part), z, TileConfig(tile=24, overlap=12, margin=4, align=1), 4)
+        loose = tiled_map(lambda part, _: decoder(part), z, TileConfig(tile=24, overlap=12, margin=0, align=1), 4)
     assert tiled.shape == whole.shape == (2, 3, 180, 280)
     assert torch.allclose(tiled, whole, atol=1e-5)
     assert not torch.allclose(loose, whole, atol=1e-3)          # without the margin the edges show

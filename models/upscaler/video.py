@@ -59,8 +59,7 @@ from models.tiles import TileConfig, tiled_map
 from models.timing import SectionTimer
 from models.upscaler import sampling
 from models.upscaler.bundle import UpscalerBundle
-from models.upscaler.config import VAE_TILE_OVERLAP
-from models.upscaler.config import SOLVERS, UpscalerConfig
+from models.upscaler.config import SOLVERS, VAE_TILE_OVERLAP, UpscalerConfig
 from models.upscaler.student import make_student, split_conv_in
 
 # --------------------------------------------------------------------------- helpers
@@ -390,7 +389,7 @@ class VideoUpscaler(nn.Module):
         with self._section("vae"):
             if tile and max(z.shape[-2:]) > tile:           # large frames: overlapping tiles, blended
                 cfg = TileConfig(tile=tile, overlap=VAE_TILE_OVERLAP, margin=2, align=1)
-                img = tiled_map(lambda part: self.vae.decode(part, return_dict=False)[0], z, cfg, self.scale)
+                img = tiled_map(lambda part, _: self.vae.decode(part, return_dict=False)[0], z, cfg, self.scale)
             else:
                 img = self.vae.decode(z, return_dict=False)[0]
         img = (img.float() + 1) / 2

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import dataclasses
 
+from models.color_fix import COLOR_FIXES
+from models.upscaler.config import VAE_TILE_OVERLAP
 from pipelines.common.cli import require
 from pipelines.common.devices import DTYPES
 from pipelines.common.video import VIDEO_EXTENSIONS
@@ -64,7 +66,8 @@ class RestoreConfig:
         """Every flag's range, checked before any work: a bad one is `ValueError("--flag: ...")`."""
         require(self.scale >= 1, "--scale", ">= 1", self.scale)
         require(self.concurrency >= 1, "--concurrency", ">= 1", self.concurrency)
-        require(self.vae_tile == 0 or self.vae_tile > 17, "--vae-tile", "0 or > 17 latent px", self.vae_tile)
+        require(self.vae_tile == 0 or self.vae_tile > VAE_TILE_OVERLAP + 1, "--vae-tile",
+                f"0 or > {VAE_TILE_OVERLAP + 1} latent px", self.vae_tile)
         require(self.frames_per_task >= 0, "--frames-per-task", ">= 0", self.frames_per_task)
         require(self.batch_shots >= 1, "--batch-shots", ">= 1", self.batch_shots)
         top = CRF_MAX.get(self.codec, 63)
@@ -75,8 +78,7 @@ class RestoreConfig:
         require(self.progress_every_s > 0, "--progress-every-s", "> 0 seconds", self.progress_every_s)
         require(self.manifest_every_s > 0, "--manifest-every-s", "> 0 seconds", self.manifest_every_s)
         require(self.flow_iters >= 0, "--flow-iters", ">= 0", self.flow_iters)
-        require(self.color_fix in ("none", "wavelet", "adain"), "--color-fix", "one of none, wavelet, adain",
-                self.color_fix)
+        require(self.color_fix in COLOR_FIXES, "--color-fix", f"one of {', '.join(COLOR_FIXES)}", self.color_fix)
         for name in ("dtype", "vae_dtype"):
             value = getattr(self, name)
             allowed = ["auto", *sorted(DTYPES)]

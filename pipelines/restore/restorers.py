@@ -172,18 +172,18 @@ class ColorFixedRestorer:
     def restore_batch(self, lqs, states, noises):
         from models.color_fix import color_fix
 
-        out = restore_batch(self.inner, lqs, states, noises) if all(n is not None for n in noises) else \
-            [self.inner.restore_frame(lq, st, None) for lq, st in zip(lqs, states)]
+        out = restore_batch(self.inner, lqs, states, noises)
         return [(color_fix(hr, lq, self.mode), state) for lq, (hr, state) in zip(lqs, out)]
 
 
 def restore_batch(restorer, lqs: Sequence[torch.Tensor], states: Sequence[Any],
                   noises: Sequence[Sequence[torch.Tensor]]) -> list[tuple[torch.Tensor, Any]]:
     """[(hr, next state)] of frames of one size from several streams: in one batch where the
-    restorer can (`restore_batch`), else one by one. Either way each stream gets exactly what
-    `restore_frame` would give it alone, up to the kernels' batch-size rounding."""
+    restorer can (`restore_batch`) and every noise is given, else one by one (a None noise: the
+    restorer draws its own). Either way each stream gets exactly what `restore_frame` would
+    give it alone, up to the kernels' batch-size rounding."""
     batched = getattr(restorer, "restore_batch", None)
-    if batched is not None and len(lqs) > 1:
+    if batched is not None and len(lqs) > 1 and all(n is not None for n in noises):
         return batched(list(lqs), list(states), list(noises))
     return [restorer.restore_frame(lq, state, noise) for lq, state, noise in zip(lqs, states, noises)]
 

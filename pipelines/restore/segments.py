@@ -65,16 +65,15 @@ def group_shots(shot_starts: list[int], frames: int, frames_per_task: int) -> li
     return segments
 
 
-def find_shots(local: str, cfg: RestoreConfig) -> tuple[video.VideoInfo, list[int]]:
-    """(probe, frame index of every shot's first frame) of a local video: one decode pass."""
-    info = video.probe(local)
+def find_shots(local: str, cfg: RestoreConfig, info: video.VideoInfo) -> list[int]:
+    """The frame index of every shot's first frame of a local video (`info`: its probe): one decode pass."""
     detector, starts, n = make_detector(cfg), [], 0
     for n, frame in enumerate(video.iter_frames(local, expected=info.frames)):
         if detector.push(frame) or n == 0:
             starts.append(n)
     if n + 1 != info.frames:
         raise video.VideoError(local, f"decoded {n + 1} of {info.frames} frames")
-    return info, starts
+    return starts
 
 
 def plan_video(item: dict, cfg: RestoreConfig) -> dict:
@@ -93,7 +92,7 @@ def plan_video(item: dict, cfg: RestoreConfig) -> dict:
             info = video.probe(local)
             if info.frames <= cfg.frames_per_task:         # short: one task, as without segments
                 return {"frames": info.frames, "segments": [{"start": 0, "count": info.frames, "starts": [0]}]}
-            info, starts = find_shots(local, cfg)
+            starts = find_shots(local, cfg, info)
         except video.VideoError as exc:
             raise video.VideoError(item["source"], exc.reason) from exc
     plan = {"source": item["source"], "source_version": item["source_version"], "settings": settings(cfg),

@@ -35,7 +35,7 @@ from typing import Any
 
 import torch
 
-from models.tiles import TileConfig, axis_weights, tile_spans
+from models.tiles import TileConfig, axis_weights, tile_spans, tiled_map
 
 __all__ = ["TileConfig", "TiledRestorer", "TiledState", "axis_weights", "tile_spans"]
 
@@ -89,39 +89,27 @@ class TiledRestorer:
         self.tiles_last_frame = len(ys) * len(xs)
         if len(ys) == 1 and len(xs) == 1:
             inner_states = [state.inner if isinstance(state, _Untiled) else None for state in states]
-            if any(n is None for n in noises):      # each draws its own
-                out = [self.inner.restore_frame(lq, st, None) for lq, st in zip(lqs, inner_states)]
-            else:
-                out = restore_batch(self.inner, lqs, inner_states, noises)
+            out = restore_batch(self.inner, lqs, inner_states, noises)
             return [(hr, _Untiled(st)) for hr, st in out]
         if any(isinstance(state, _Untiled) for state in states):
             raise ValueError("frame size changed within a shot (untiled -> tiled)")
         if any(n is None for n in noises):          # the tiles must share one whole-frame draw
             noises = [[self.randn((1, c, h, w), None) for c in self.noise_channels] for _ in lqs]
-        s, dev = self.scale, self.accumulate_device
-        # 1. Blend accumulators for each whole HR frame, float32 on the accumulate device.
-        acc = [torch.zeros(1, 3, h * s, w * s, device=dev) for _ in lqs]
-        wsum = torch.zeros(1, 1, h * s, w * s, device=dev)
-        wy = [axis_weights(span, h, self.cfg, s) for span in ys]
-        wx = [axis_weights(span, w, self.cfg, s) for span in xs]
-        for (y0, y1), wyi in zip(ys, wy):
-            for (x0, x1), wxj in zip(xs, wx):
-                # 2. The tile's crops of every stream: frame, whole-frame noise, previous whole frame.
-                tile_lqs = [lq[..., y0:y1, x0:x1] for lq in lqs]
-                tile_noises = [[n[..., y0:y1, x0:x1] for n in noise] for noise in noises]
-                tile_states = [None if state is None else self._tile_state(state, lq, (y0, y1, x0, x1))
-                               for state, lq in zip(states, lqs)]
-                # 3. Restore the tile (all streams) and add it with its weights.
-                weight = (wyi[:, None] * wxj[None, :]).to(dev, torch.float32)[None, None]
-                for a, (hr_tile, _) in zip(acc, restore_batch(self.inner, tile_lqs, tile_states, tile_noises)):
-                    a[..., y0 * s:y1 * s, x0 * s:x1 * s] += hr_tile.to(dev, torch.float32) * weight
-                wsum[..., y0 * s:y1 * s, x0 * s:x1 * s] += weight
-        out = []
-        for lq, a in zip(lqs, acc):
-            hr = a / wsum
-            out.append((hr, TiledState(lq=lq, hr=hr)))
-        return out
+        s, n = self.scale, len(lqs)
+        noise = [torch.cat(parts) for parts in zip(*noises)]            # (B, c, h, w) each
 
+        def restore_tile(tile_lq: torch.Tensor, span: tuple[int, int, int, int]) -> torch.Tensor:
+            """(B, 3, th, tw) crops of every stream -> (B, 3, s*th, s*tw): the tile's crops of the
+            whole-frame noise and of the previous whole frame, restored in one call."""
+            y0, y1, x0, x1 = span
+            tile_noises = [[c[i:i + 1, :, y0:y1, x0:x1] for c in noise] for i in range(n)]
+            tile_states = [None if state is None else self._tile_state(state, lq, span)
+                           for state, lq in zip(states, lqs)]
+            out = restore_batch(self.inner, list(tile_lq.split(1)), tile_states, tile_noises)
+            return torch.cat([hr.to(self.accumulate_device, torch.float32) for hr, _ in out])
+
+        hr = tiled_map(restore_tile, torch.cat(lqs), self.cfg, s, accumulate_device=self.accumulate_device)
+        return [(hr[i:i + 1], TiledState(lq=lq, hr=hr[i:i + 1])) for i, lq in enumerate(lqs)]
 
     def _tile_state(self, state: TiledState, lq: torch.Tensor, tile: tuple[int, int, int, int]):
         """The tile's crop of the previous whole frame; with a halo, the crop of a window `halo` px
