@@ -68,6 +68,7 @@ PAPER = {  # the paper's numbers (REDS30 for Tables 1-3); None: not reported
 # forward-diffused ground truth later (ADD), "unrolled" = the whole 4-step sampler trained end to end
 PAPER_T = (750, 500, 250, 0)
 STUDENTS = {
+    "table1": ("drfa", 0.05, 0.1, PAPER_T, (), "table"),          # the full loss, --table1-steps: Table 1's student
     "full": ("drfa", 0.05, 0.1, PAPER_T, (), "table"),
     "no_adv": ("drfa", 0.0, 0.1, PAPER_T, (), "table"),
     "no_tlpips": ("drfa", 0.05, 0.0, PAPER_T, (), "table"),
@@ -79,7 +80,7 @@ STUDENTS = {
     "add_schedule": ("drfa", 0.05, 0.1, (999, 749, 499, 249), (), "sampled"),
     "diffused_inputs": ("drfa", 0.05, 0.1, PAPER_T, (), "noise_first"),
 }
-TABLE_ROWS = ("full", "no_adv", "no_tlpips", "no_both", "gma", "raft")
+TABLE_ROWS = ("table1", "full", "no_adv", "no_tlpips", "no_both", "gma", "raft")
 EVAL_PRESETS = ("light", "medium", "heavy", "plain")
 METRICS = ("psnr", "ssim", "niqe", "niqe_frames", "tlpips", "tof", "ewarp")
 
@@ -102,7 +103,13 @@ class TablesConfig:
     # student and D Adam lr (the paper's is 2e-5; without lambda_rec and the EMA, 1e-4 drove a one-step
     # student from +0.2 dB over bicubic to -9.8 dB; with both, 3e-4 trains the unrolled sampler, README)
     student_lr: float = 3e-4
-    student_steps: int = 0                    # steps per student (the same for every row); 0: their share of --minutes
+    student_steps: int = 0                    # steps per student of Tables 2 and 3 (the same for every row); 0: their share of --minutes
+    # steps of Table 1's student (the full loss, trained as the rows but longer: the restorer the
+    # paper's Table 1 is about; 0 = --student-steps). Tables 2 and 3 compare rows of --student-steps
+    table1_steps: int = 0
+    # cosine decay of every student's lr (G and D) to this fraction of --student-lr at its last step
+    # (1 = constant, the paper's); the EMA then averages weights that have stopped random-walking
+    student_final_lr: float = 0.1
     # lambda_rec of every student row (MSE of x0 to the ground truth; not in the paper, which is 0): with
     # this weak teacher L_distill alone random-walks the student (README, "method in miniature")
     student_rec: float = 1.0
@@ -235,6 +242,7 @@ def train_student_stage(cfg: TablesConfig, out: Path, name: str, prior: str, flo
     from pipelines import model_folder
     from models.upscaler.config import UpscalerConfig
     from pipelines.train.distill import DistillTrainConfig, build_models, distill_step, plain_engines
+    from pipelines.train.common import lr_multiplier
     from pipelines.train.distill_step import DistillConfig
     from pipelines.train.ema import WeightEMA
 
@@ -254,8 +262,13 @@ def train_student_stage(cfg: TablesConfig, out: Path, name: str, prior: str, flo
     ema = WeightEMA(up.student, cfg.student_ema) if cfg.student_ema else None
     dcfg = dcfg_full.loss
     clips.rng = np.random.default_rng(cfg.seed)          # every student sees the same clips
+    steps = (cfg.table1_steps or cfg.student_steps) if name == "table1" else cfg.student_steps
     t0, step, history = time.time(), 0, []
-    while (step < cfg.student_steps) if cfg.student_steps else (time.time() - t0 < seconds):
+    while (step < steps) if steps else (time.time() - t0 < seconds):
+        progress = step / steps if steps else (time.time() - t0) / seconds
+        for engine in (g, d):
+            for group in engine.optimizer.param_groups:
+                group["lr"] = cfg.student_lr * lr_multiplier(progress, 0.0, cfg.student_final_lr)
         lq, hq = clips.batch(cfg.student_batch)
         gen = torch.Generator().manual_seed(cfg.seed * 100_003 + step)
         history.append(distill_step(models, g, d, {"lq": lq, "hq": hq}, dcfg, gen))
@@ -363,10 +376,11 @@ def method_table(cfg: TablesConfig, prior_folder: str, students: dict) -> dict:
     for name, folder in students.items():
         up = model_folder.load(folder)
         methods[f"student {name}"] = (f"4-step student '{name}'", lambda lq, up=up: up.restore_clip(lq))
-        if name == "full":
+        if name in ("full", "table1"):
             def withheld(lq, up=up):   # every frame restored as the first of a shot: no previous frame
                 return torch.stack([up.restore_frame(f, None, seed=t)[0] for t, f in enumerate(lq)])
-            methods["student full, previous frame withheld"] = ("the full student with no temporal input", withheld)
+            methods[f"student {name}, previous frame withheld"] = (f"the {name} student with no temporal input",
+                                                                  withheld)
     return methods
 
 
@@ -481,8 +495,9 @@ def picture(out: Path, preset: str, clip: int, methods: list[str], path: Path) -
 def tables_stage(cfg: TablesConfig, out: Path, state: dict) -> dict:
     rows = json.loads((out / "rows.json").read_text())
     teacher = f"teacher {cfg.teacher_steps} steps"
-    t1 = ["bicubic", teacher, "teacher 4 steps", "teacher x0 4 steps", "student full",
-          "student full, previous frame withheld", "student one_step", "student no_t0_draws",
+    final = "table1" if "table1" in cfg.students else "full"     # Table 1's student
+    t1 = ["bicubic", teacher, "teacher 4 steps", "teacher x0 4 steps", f"student {final}",
+          f"student {final}, previous frame withheld", "student one_step", "student no_t0_draws",
           "student add_schedule", "student diffused_inputs"]
     t2 = ["bicubic", "student raft", "student gma", "student full", "student full, previous frame withheld"]
     t3 = ["student no_both", "student no_tlpips", "student no_adv", "student full"]
@@ -514,7 +529,7 @@ def tables_stage(cfg: TablesConfig, out: Path, state: dict) -> dict:
             f"a small pixel-space prior trained from scratch ({prior.get('unet_steps', '?')} steps)")
     header = (f"# D2-VR in miniature (benchmarks/paper_tables.py)\n\n{made}, on {', '.join(cfg.videos)} "
               f"(first 80% of frames); students trained '{cfg.student_input}' at lr {cfg.student_lr:g}, "
-              f"lambda_rec {cfg.student_rec:g}, EMA {cfg.student_ema:g}; evaluated on {cfg.eval_frames} held-out "
+              f"lambda_rec {cfg.student_rec:g}, EMA {cfg.student_ema:g}, lr cosine to x{cfg.student_final_lr:g}; evaluated on {cfg.eval_frames} held-out "
               f"consecutive frames per video, centre {cfg.eval_crop} px, x4, TecoGAN convention. Training: " + "; ".join(
                   f"{k} {v.get('steps')} steps ({v.get('seconds', 0) / 60:.1f} min)" for k, v in state.items()
                   if k.startswith("student:")) + f"; flow nets {state.get('flow', {}).get('seconds', 0) / 60:.1f} min; "
@@ -535,6 +550,8 @@ def main(argv=None) -> int:
     unknown = [s for s in cfg.students if s not in STUDENTS]
     if unknown:
         raise SystemExit(f"paper_tables: --students {unknown}: unknown; choose from {list(STUDENTS)}")
+    if not 0.0 < cfg.student_final_lr <= 1.0:
+        raise SystemExit(f"paper_tables: --student-final-lr {cfg.student_final_lr}: must be in (0, 1] (1 = constant)")
     if cfg.student_input not in ("unrolled", "sampled"):
         raise SystemExit(f"paper_tables: --student-input {cfg.student_input!r}: choose unrolled or sampled")
     if cfg.eval and not Path(cfg.eval).is_dir():

@@ -9,10 +9,12 @@ themselves resume from their checkpoints).
   2. shards    - Ray Data: video -> shots -> clips -> WebDataset shards (jobs/build_shards.py)
   3. drfa      - DRFA flow pretraining, Ray Train + DeepSpeed (jobs/pretrain_drfa.py)
   4. prior     - the x4 prior (teacher): d2vr's shipped small prior (assets/small-prior, trained by
-                 benchmarks/paper_tables.py), fine-tuned on this video, Ray Train + DeepSpeed
+                 benchmarks/prior_quality.py), fine-tuned on this video, Ray Train + DeepSpeed
                  (jobs/train_prior.py)
-  5. distill   - adversarial distillation to 4 steps (jobs/distill.py)
-  6. inputs    - a degraded low-resolution copy of a held-out piece of the video, and its ground truth
+  5. distill   - adversarial distillation to 4 steps (jobs/distill.py), starting from d2vr's shipped
+                 student (assets/small-student: the same job run 300 steps ahead of time on these
+                 training frames, see its MODEL_CARD.md)
+  6. inputs    - a `--degrade` low-resolution copy of a held-out piece of the video, and its ground truth
   7. restore   - Ray batch restoration with the student, and the bicubic baseline (jobs/restore.py)
   8. teacher   - the teacher's multi-step restoration of the same input, for comparison
   9. evaluate  - metric tables and the HTML report (pipelines/evaluation/evaluate.py)
@@ -45,11 +47,19 @@ class DemoConfig:
     prior: str = "assets/small-prior"  # the prior to start from: a prior folder (the shipped small one), or "small" / "tiny" (random)
     prior_steps: int = 10        # prior fine-tuning steps on this video
     prior_lr: float = 2e-5       # their learning rate (fine-tuning a trained prior: small)
+    # the student distillation starts from: d2vr's shipped one (assets/small-student, distilled from the
+    # shipped prior on this demo's bikes training frames; its MODEL_CARD.md), or "" = a copy of the prior (the paper's start)
+    student: str = "assets/small-student"
     distill_steps: int = 12      # distillation steps (tiny, CPU)
     distill_lr: float = 2e-5     # student and discriminator Adam lr (the paper's)
-    distill_rec: float = 0.0     # weight of the ground-truth term lambda_rec (0: the paper's losses only)
+    # weight of the ground-truth term lambda_rec (0: the paper's losses only; 1: the shipped student's recipe)
+    distill_rec: float = 1.0
+    # the student's training input: "unrolled" (its whole 4-step sampler, as the shipped student was
+    # trained) or "sampled" (one step at a drawn timestep, the paper's)
+    distill_input: str = "unrolled"
     distill_ema: float = 0.0     # EMA decay of the student's weights, exported (0: off, the paper's)
     eval_frames: int = 12        # frames of the held-out piece restored and evaluated
+    degrade: str = "light"       # degradation preset of the held-out input and of the distillation clips
     teacher_steps: int = 8       # teacher sampler steps in the comparison
     workers: int = 2             # Ray Train workers for the training stages
     stop_after: str = ""         # stop after this stage (e.g. "shards"); empty = run them all
@@ -113,6 +123,16 @@ def _prior_init(cfg: DemoConfig) -> str:
     return path
 
 
+def _student_init(cfg: DemoConfig) -> str:
+    """--student as `jobs/distill.py --student-init` takes it ("" = none)."""
+    if not cfg.student:
+        return ""
+    path = cfg.student if os.path.isabs(cfg.student) else os.path.join(_bootstrap.ROOT, cfg.student)
+    if not os.path.isfile(os.path.join(path, "student", "config.json")):
+        raise SystemExit(f"demo: --student {cfg.student}: not a student folder (no student/config.json inside)")
+    return path
+
+
 def stage_prior(cfg: DemoConfig, run_dir: str) -> dict:
     from pipelines.train.prior import PriorTrainConfig, train_prior
 
@@ -133,8 +153,10 @@ def stage_distill(cfg: DemoConfig, run_dir: str) -> dict:
         shards=os.path.join(run_dir, "shards"), teacher=os.path.join(run_dir, "prior"),
         flow=os.path.join(run_dir, "drfa", "drfa.safetensors"), out=os.path.join(run_dir, "student"),
         storage_path=os.path.join(run_dir, "ray"), run_name="demo-distill", num_workers=cfg.workers,
-        steps=cfg.distill_steps, batch_size=cfg.workers, crop=64, clip_len=2, degrade="medium",
+        student_init=_student_init(cfg),
+        steps=cfg.distill_steps, batch_size=cfg.workers, crop=64, clip_len=2, degrade=cfg.degrade,
         lr=cfg.distill_lr, d_lr=cfg.distill_lr, lambda_rec=cfg.distill_rec, ema_decay=cfg.distill_ema,
+        student_input=cfg.distill_input,
         checkpoint_every=max(4, cfg.distill_steps // 2), report_every=2, loader_workers=0,
         tlpips_backbone="random"))  # no ImageNet AlexNet offline: T-LPIPS runs on a random trunk here
     return {**{k: v for k, v in summary.items() if isinstance(v, (int, float, str))},
@@ -142,8 +164,8 @@ def stage_distill(cfg: DemoConfig, run_dir: str) -> dict:
 
 
 def stage_inputs(cfg: DemoConfig, run_dir: str) -> dict:
-    """The held-out last frames, cropped to a multiple of 4, as ground truth; a copy
-    degraded with the `medium` preset and downscaled x4 as the restoration input."""
+    """The held-out last frames, cropped to a multiple of 16, as ground truth; a copy
+    degraded with the `--degrade` preset and downscaled x4 as the restoration input."""
     import numpy as np
     import torch
 
@@ -155,7 +177,7 @@ def stage_inputs(cfg: DemoConfig, run_dir: str) -> dict:
     hq = video.read_frames(src, start, cfg.eval_frames)
     h, w = (hq.shape[1] // 16) * 16, (hq.shape[2] // 16) * 16
     hq = hq[:, :h, :w]
-    lq, record = degrade_clip(video.to_float(hq), preset("medium", scale=4), np.random.default_rng(0))
+    lq, record = degrade_clip(video.to_float(hq), preset(cfg.degrade, scale=4), np.random.default_rng(0))
     name = "heldout.mp4"
     gt_path, lq_path = os.path.join(run_dir, "gt", name), os.path.join(run_dir, "lq", name)
     video.write_video(gt_path, hq, fps=info.fps_fraction, crf=10, preset="veryfast")
@@ -204,15 +226,13 @@ def stage_teacher(cfg: DemoConfig, run_dir: str) -> dict:
 DEMO_ABOUT = (
     "DEMO RUN: the models are small (a {drfa:.2f} M-parameter DRFA trained {cfg.drfa_steps} steps here; a "
     "{unet:.2f} M-parameter x4 prior UNet with {codec}, started from {prior_from}, fine-tuned "
-    "{cfg.prior_steps} steps here and distilled {cfg.distill_steps} steps into the 4-step student), all on one "
-    "CPU. They show every stage of D2-VR running in miniature, on frames they never saw; a prior this small, "
-    "trained this briefly, restores about as well as bicubic: +0.3 dB (light) / +0.4 dB (medium) PSNR-Y on "
-    "held-out frames of the three sample clips, but 0.5 dB below it on this bikes clip, and its distilled "
-    "student is no better (README.md, 'The method in miniature', says why); none of this "
-    "is what D2-VR achieves. For the real restorer: distill from the pretrained Stable "
-    "Diffusion x4 upscaler (jobs/distill.py --teacher stabilityai/stable-diffusion-x4-upscaler) with a "
-    "full-size DRFA (jobs/pretrain_drfa.py --preset full) on a GPU cluster; see README.md, 'From the demo to "
-    "the real thing'."
+    "{cfg.prior_steps} steps here; the 4-step student started from {student_from} and was distilled "
+    "{cfg.distill_steps} steps here), all on one CPU, and the input is the '{cfg.degrade}' degradation of "
+    "frames none of them saw. They show every stage of D2-VR running in miniature; the tables below say how "
+    "this run compares with bicubic. None of this is what D2-VR achieves with Stable Diffusion's prior. For "
+    "the real restorer: distill from the pretrained Stable Diffusion x4 upscaler (jobs/distill.py --teacher "
+    "stabilityai/stable-diffusion-x4-upscaler) with a full-size DRFA (jobs/pretrain_drfa.py --preset full) "
+    "on a GPU cluster; see README.md, 'From the demo to the real thing'."
 )
 
 
@@ -235,8 +255,12 @@ def demo_about(cfg: DemoConfig, run_dir: str) -> str:
     prior_from = ("random weights" if cfg.prior in ("small", "tiny") else
                   f"d2vr's shipped prior {cfg.prior} (trained by benchmarks/prior_quality.py on other frames; "
                   "its MODEL_CARD.md has the command and figures)")
+    student_from = ("a copy of the prior (the paper's start)" if not cfg.student else
+                    f"d2vr's shipped student {cfg.student} (distilled by jobs/distill.py from that prior on the "
+                    "training frames of the default bikes.mp4, never on its held-out end; its MODEL_CARD.md has the "
+                    "command and figures)")
     return DEMO_ABOUT.format(
-        cfg=cfg, drfa=_millions_of_parameters(os.path.join(run_dir, "drfa", "drfa.safetensors")),
+        cfg=cfg, student_from=student_from, drfa=_millions_of_parameters(os.path.join(run_dir, "drfa", "drfa.safetensors")),
         unet=_millions_of_parameters(os.path.join(run_dir, "prior", "unet", weights)), codec=codec,
         prior_from=prior_from)
 
@@ -279,6 +303,11 @@ def main(argv=None) -> int:
     names = [name for name, _ in STAGES]
     if cfg.stop_after and cfg.stop_after not in names:
         raise SystemExit(f"demo: --stop-after {cfg.stop_after!r} is not a stage; the stages are {', '.join(names)}")
+    from degrade import PRESETS
+
+    if cfg.degrade not in PRESETS:
+        raise SystemExit(f"demo: --degrade {cfg.degrade!r}: choose from {', '.join(PRESETS)}")
+    _prior_init(cfg), _student_init(cfg)             # a bad --prior / --student fails before any work
     total = time.time()
     import ray
 

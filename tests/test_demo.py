@@ -48,6 +48,17 @@ def test_demo_names_the_stages_when_asked_for_an_unknown_one(tmp_path):
     assert "'distil' is not a stage" in out.stderr and "distill" in out.stderr
 
 
+@pytest.mark.parametrize("flag, value, message", [
+    ("--degrade", "strong", "--degrade 'strong': choose from clean, light, medium, heavy"),
+    ("--student", "assets", "--student assets: not a student folder (no student/config.json inside)"),
+    ("--prior", "assets", "--prior assets: not a prior folder (no unet/ inside)")])
+def test_demo_rejects_a_bad_flag_before_any_stage_runs(tmp_path, flag, value, message):
+    out = _demo("--run-dir", str(tmp_path / "demo"), flag, value)
+    assert out.returncode != 0
+    assert message in out.stderr.strip().splitlines()[-1]
+    assert "running" not in out.stdout and not (tmp_path / "demo" / "stages.json").exists()
+
+
 def test_demo_about_states_the_sizes_of_the_models_it_trained(tmp_path):
     import torch
     from safetensors.torch import save_file
@@ -68,4 +79,8 @@ def test_demo_about_states_the_sizes_of_the_models_it_trained(tmp_path):
     (tmp_path / "prior" / "vae" / weights).unlink()             # the small prior: a codec, no VAE weights
     about = demo.demo_about(demo.DemoConfig(drfa_steps=7), str(tmp_path))
     assert "prior UNet with no VAE (a lossless pixel codec), started from d2vr's shipped prior" in about
-    assert "fine-tuned 10 steps here and distilled 12 steps" in about
+    assert "fine-tuned 10 steps here; the 4-step student started from d2vr's shipped student" in about
+    assert "was distilled 12 steps here" in about and "the 'light' degradation" in about
+    about = demo.demo_about(demo.DemoConfig(student="", degrade="medium"), str(tmp_path))
+    assert "student started from a copy of the prior (the paper's start)" in about
+    assert "the 'medium' degradation" in about

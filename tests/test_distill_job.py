@@ -131,6 +131,37 @@ def test_export_restores_exactly_what_the_trained_model_restores(assets, tmp_pat
     assert torch.equal(hr[0], ref)
 
 
+def test_student_init_starts_from_a_trained_student_in_fp16_or_fp32(assets, tmp_path):
+    """--student-init: the student begins as the given export's (a full model folder, or its
+    student/ alone stored in float16, as the shipped asset is), not as a copy of the prior."""
+    from safetensors.torch import save_file
+
+    cfg = small_config(assets, tmp_path)
+    models, bundle = build_models(cfg)
+    fresh = {k: v.clone() for k, v in models.upscaler.student.state_dict().items()}
+    with torch.no_grad():
+        for p in models.upscaler.student.parameters():
+            p.add_(0.01 * torch.randn_like(p))                      # "a trained student": not the prior's copy
+    trained = {k: v.clone() for k, v in models.upscaler.student.state_dict().items()}
+    folder = model_folder.save(tmp_path / "export", models, cfg, step=1, complete=True, bundle=bundle)
+
+    started = build_models(small_config(assets, tmp_path, student_init=str(folder)))[0].upscaler.student.state_dict()
+    assert_same_tensors(started, trained, "student from --student-init")
+    assert any(not torch.equal(started[k], fresh[k]) for k in fresh)
+
+    half = tmp_path / "half" / "student"                             # student/ alone, float16
+    half.mkdir(parents=True)
+    (half / "config.json").write_text((folder / "student" / "config.json").read_text())
+    save_file({k: v.half() for k, v in tensors(folder / "student" / "diffusion_pytorch_model.safetensors").items()},
+              str(half / "diffusion_pytorch_model.safetensors"))
+    cfg_half = small_config(assets, tmp_path, student_init=str(half.parent))
+    check_config(cfg_half)
+    got = build_models(cfg_half)[0].upscaler.student.state_dict()
+    for k, v in trained.items():
+        assert got[k].dtype == torch.float32
+        assert torch.equal(got[k], v.half().float()), k
+
+
 def test_bad_options_fail_early_with_the_flag(assets, tmp_path):
     with pytest.raises(ValueError, match="--batch-size 3"):
         check_config(small_config(assets, tmp_path, batch_size=3, num_workers=2))
@@ -142,6 +173,8 @@ def test_bad_options_fail_early_with_the_flag(assets, tmp_path):
         check_config(small_config(assets, tmp_path, teacher=str(tmp_path)))
     with pytest.raises(ValueError, match="--previous-frame"):
         check_config(small_config(assets, tmp_path, previous_frame="future"))
+    with pytest.raises(ValueError, match="--student-init .*no student inside"):
+        check_config(small_config(assets, tmp_path, student_init=str(tmp_path)))
 
 
 def emulate_ranks(cfg: DistillTrainConfig, steps: int):

@@ -1,6 +1,8 @@
 """The `small` prior: lossless pixel codec, hub-layout round trip, learning, bf16 steps."""
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -246,21 +248,79 @@ def test_shipped_prior_loads_and_restores():
     assert hr.shape == (1, 3, 64, 64) and torch.isfinite(hr).all()
 
 
-def test_ship_prior_stores_fp16_and_reloads_fp32(tmp_path):
+def test_shipped_student_starts_a_distillation_and_restores():
+    """assets/small-student (where the demo's distillation starts): fp16-stored student <= 4 MiB,
+    a model card naming the command that trained it, and a distillation from the shipped prior
+    that starts from it restores a real held-out frame."""
+    from pathlib import Path
+
+    from pipelines.train.distill import DistillTrainConfig, build_models
+
+    root = Path(__file__).resolve().parents[1] / "assets"
+    weights = root / "small-student" / "student" / "diffusion_pytorch_model.safetensors"
+    assert weights.stat().st_size <= 4 * 1024 * 1024 and _all_fp16(weights)
+    card = (root / "small-student" / "MODEL_CARD.md").read_text()
+    assert "jobs/distill.py" in card and "--student-input unrolled" in card and "float16" in card
+    cfg = DistillTrainConfig(upscaler=UpscalerConfig(pretrained=str(root / "small-prior")), flow="none",
+                             tlpips_backbone="random", student_init=str(root / "small-student"))
+    up = build_models(cfg)[0].upscaler.eval()
+    assert next(up.student.parameters()).dtype == torch.float32
+    lq = pdata.load_sample_frames(["carphone"], "heldout")[0][:2, :, :64, :64].float().div(255)
+    small = torch.nn.functional.interpolate(lq, scale_factor=0.25, mode="area")
+    with torch.no_grad():
+        hr = up.restore_clip(small)
+    assert hr.shape == (2, 3, 64, 64) and torch.isfinite(hr).all()
+
+
+def _ship_tool():
     import importlib.util
     from pathlib import Path
 
-    src = tmp_path / "prior"
-    build_random_bundle("small", seed=0).save_pretrained(src)
-    path = Path(__file__).resolve().parents[1] / "tools" / "ship_prior.py"
-    spec = importlib.util.spec_from_file_location("ship_prior", path)
+    path = Path(__file__).resolve().parents[1] / "tools" / "ship_model.py"
+    spec = importlib.util.spec_from_file_location("ship_model", path)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
-    assert mod.main([str(src), str(tmp_path / "shipped"), "--command", "echo trained"]) == 0
+    return mod
+
+
+def _all_fp16(path) -> bool:
     from safetensors import safe_open
 
-    with safe_open(str(tmp_path / "shipped" / "unet" / "diffusion_pytorch_model.safetensors"), "pt") as f:
-        assert all(f.get_tensor(k).dtype == torch.float16 for k in f.keys())
-    assert "`echo trained`" in (tmp_path / "shipped" / "MODEL_CARD.md").read_text()
+    with safe_open(str(path), "pt") as f:
+        return all(f.get_tensor(k).dtype == torch.float16 for k in f.keys())
+
+
+def test_ship_model_stores_a_prior_in_fp16_and_reloads_fp32(tmp_path):
+    src = tmp_path / "prior"
+    build_random_bundle("small", seed=0).save_pretrained(src)
+    assert _ship_tool().main(["prior", str(src), str(tmp_path / "shipped"), "--command", "echo trained"]) == 0
+    assert _all_fp16(tmp_path / "shipped" / "unet" / "diffusion_pytorch_model.safetensors")
+    card = (tmp_path / "shipped" / "MODEL_CARD.md").read_text()
+    assert "`echo trained`" in card and "small x4 prior" in card
     back = UpscalerBundle.from_pretrained(tmp_path / "shipped")
     assert next(back.unet.parameters()).dtype == torch.float32
+
+
+def test_ship_model_stores_a_student_that_distillation_starts_from(tmp_path):
+    """A model folder's student/ in fp16 + restorer.json: the rounding it measures is small and
+    nonzero, and jobs/distill.py's --student-init loads it back into float32."""
+    from pipelines import model_folder
+    from pipelines.train.distill import DistillTrainConfig, build_models
+
+    prior = tmp_path / "prior"
+    build_random_bundle("small", seed=0).save_pretrained(prior)
+    cfg = DistillTrainConfig(upscaler=UpscalerConfig(pretrained=str(prior)), flow="none", tlpips_backbone="random")
+    models, bundle = build_models(cfg)
+    with torch.no_grad():
+        for p in models.upscaler.student.parameters():
+            p.add_(0.01 * torch.randn_like(p))
+    src = model_folder.save(tmp_path / "model", models, cfg, step=1, complete=True, bundle=bundle)
+    shipped = tmp_path / "small-student"
+    info = _ship_tool().ship("student", src, shipped, command="echo distilled")
+    assert sorted(p.name for p in shipped.iterdir()) == ["MODEL_CARD.md", "restorer.json", "student"]
+    assert _all_fp16(shipped / "student" / "diffusion_pytorch_model.safetensors")
+    assert 0 < info["error"] < 1e-2
+    assert "4-step temporal student" in (shipped / "MODEL_CARD.md").read_text()
+    started = build_models(dataclasses.replace(cfg, student_init=str(shipped)))[0].upscaler.student.state_dict()
+    for k, v in models.upscaler.student.state_dict().items():
+        assert started[k].dtype == torch.float32 and torch.equal(started[k], v.half().float()), k

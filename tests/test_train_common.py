@@ -63,3 +63,22 @@ def test_weight_ema_matches_torch_averaged_model():
     assert all(torch.equal(again.state_dict()[k], got[k]) for k in got)
     with pytest.raises(ValueError, match="--ema-decay"):
         WeightEMA(net, 1.0)
+
+
+def test_absolute_paths_fixes_relative_local_inputs_for_ray_workers(tmp_path, monkeypatch):
+    """Ray Train workers run in another directory: a relative local --teacher / --shards must
+    reach them absolute, while hub ids, s3:// and "samples:..." stay as given."""
+    from models.upscaler.config import UpscalerConfig
+    from pipelines.train.distill import DistillTrainConfig
+
+    (tmp_path / "prior" / "unet").mkdir(parents=True)
+    (tmp_path / "shards").mkdir()
+    monkeypatch.chdir(tmp_path)
+    cfg = DistillTrainConfig(upscaler=UpscalerConfig(pretrained="prior"), shards="shards",
+                             flow="s3://bucket/drfa.safetensors", student_init="")
+    got = tc.absolute_paths(cfg, "shards", "flow", "student_init", "upscaler.pretrained")
+    assert got.upscaler.pretrained == str(tmp_path / "prior") and got.shards == str(tmp_path / "shards")
+    assert got.flow == "s3://bucket/drfa.safetensors" and got.student_init == ""
+    hub = DistillTrainConfig(upscaler=UpscalerConfig(pretrained="stabilityai/stable-diffusion-x4-upscaler"))
+    assert tc.absolute_paths(hub, "upscaler.pretrained").upscaler.pretrained == \
+        "stabilityai/stable-diffusion-x4-upscaler"

@@ -220,6 +220,24 @@ def run(train_loop: Callable[[dict], None], loop_config: dict, run: TrainRunConf
     return trainer.fit()
 
 
+def absolute_paths(cfg, *fields: str):
+    """`cfg` with each named field that is a relative path to a local file or folder made
+    absolute (Ray Train runs its workers in another working directory, where a relative
+    `--teacher assets/small-prior` would not exist and would be taken for a hub id). A dotted
+    name reaches into a nested config ("upscaler.pretrained"); s3://, hub ids and missing paths
+    are left as given."""
+    changes: dict = {}
+    for name in fields:
+        head, _, rest = name.partition(".")
+        value = getattr(cfg, head)
+        if rest:
+            changes[head] = absolute_paths(value, rest)
+        elif isinstance(value, str) and value and not os.path.isabs(value) and "://" not in value \
+                and os.path.exists(value):
+            changes[head] = os.path.abspath(value)
+    return dataclasses.replace(cfg, **changes)
+
+
 def lr_multiplier(progress: float, warmup: float, final: float) -> float:
     """Linear warm-up over `warmup` of the stage, then cosine from 1 to `final`."""
     p = min(max(progress, 0.0), 1.0)

@@ -83,6 +83,9 @@ class DistillTrainConfig(tc.TrainRunConfig):
     flow: str = "runs/demo/drfa/drfa.safetensors"  # DRFA export (jobs/pretrain_drfa.py), frozen; "none": zero flow
     out: str = "runs/demo/model"           # export folder: one complete restorable model (see module doc)
     model_seed: int = 0                    # weights of a built-in teacher ("tiny")
+    # a student to start from: a model folder (a jobs/distill.py export) or its student/ folder, of
+    # the same architecture as --teacher's; empty = a copy of the prior with zero temporal weights (the paper's)
+    student_init: str = ""
     # the upscaler (stored in the export's restorer.json): the frozen prior (`pretrained`, the flag
     # --teacher), prompt, guidance, noise level, T_student, temporal encoding; each field a flag
     upscaler: UpscalerConfig = dataclasses.field(default_factory=UpscalerConfig,
@@ -170,6 +173,16 @@ def check_config(cfg: DistillTrainConfig) -> None:
                          f"folder, a hub id or one of {BUILTIN_TEACHERS}")
     if not storage.exists(cfg.shards):
         raise ValueError(f"--shards {cfg.shards}: not found (build them with jobs/build_shards.py)")
+    if cfg.student_init and not storage.exists(_student_dir(cfg.student_init) + "/config.json"):
+        raise ValueError(f"--student-init {cfg.student_init}: no student inside (want a model folder from "
+                         f"jobs/distill.py, or its student/ folder with config.json)")
+
+
+def _student_dir(path: str) -> str:
+    """The student UNet folder of --student-init: `<path>/student` for a model folder, else `path`."""
+    path = path.rstrip("/")
+    inner = f"{path}/{model_folder.STUDENT_DIR}"
+    return inner if storage.exists(inner + "/config.json") else path
 
 
 def _is_local_path(teacher: str) -> bool:
@@ -203,8 +216,19 @@ def build_models(cfg: DistillTrainConfig, device: torch.device | str = "cpu", dt
 
         with storage.local_copy(cfg.flow) as path:
             flow_net = load_flow(path)
-    up = VideoUpscaler(bundle, cfg.upscaler, flow_net, device=device, dtype=dtype,
-                       vae_dtype=parse_dtype(cfg.vae_dtype))
+    student_unet = None
+    if cfg.student_init:
+        from diffusers import UNet2DConditionModel
+
+        with storage.local_dir(_student_dir(cfg.student_init)) as path:
+            student_unet = UNet2DConditionModel.from_pretrained(path, torch_dtype=torch.float32)
+    try:
+        up = VideoUpscaler(bundle, cfg.upscaler, flow_net, student_unet=student_unet, device=device, dtype=dtype,
+                           vae_dtype=parse_dtype(cfg.vae_dtype))
+    except (ValueError, RuntimeError) as exc:
+        if student_unet is None:
+            raise
+        raise ValueError(f"--student-init {cfg.student_init}: does not fit --teacher {cfg.teacher}: {exc}") from None
     head = cfg.d_head_channels or min(128, int(up.teacher.config.block_out_channels[0]))
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed + 1)
@@ -371,6 +395,7 @@ def distill(cfg: DistillTrainConfig) -> dict:
     """Run the trainer; copy the final export (a complete restorable model) to `cfg.out`.
     Returns a summary and prints it on one line."""
     t0 = time.time()
+    cfg = tc.absolute_paths(cfg, "shards", "flow", "student_init", "upscaler.pretrained")
     check_config(cfg)
     result = tc.run(train_loop_per_worker, dataclasses.asdict(cfg), cfg)
     if result.error:

@@ -133,6 +133,7 @@ def train_loop_per_worker(config: dict) -> None:
 def pretrain_drfa(cfg: DRFATrainConfig) -> dict:
     """Run the trainer; export the final weights to `cfg.out`. Returns a summary."""
     t0 = time.time()
+    cfg = tc.absolute_paths(cfg, "shards")
     loop_config = dataclasses.asdict(cfg)
     result = tc.run(train_loop_per_worker, loop_config, cfg)
     if result.error:

@@ -361,7 +361,7 @@ def train_loop_per_worker(config: dict) -> None:
 def train_prior(cfg: PriorTrainConfig) -> dict:
     """Run the trainer; copy the final export to `cfg.out`. Returns a summary."""
     t0 = time.time()
-    cfg = resolve(cfg)
+    cfg = resolve(tc.absolute_paths(cfg, "shards", "init"))
     result = tc.run(train_loop_per_worker, dataclasses.asdict(cfg), cfg)
     if result.error:
         raise RuntimeError(f"prior training failed: {result.error}")
