@@ -529,8 +529,8 @@ def tables_stage(cfg: TablesConfig, out: Path, state: dict) -> dict:
     made = (f"distilled from the given prior {prior.get('folder')}" if prior.get("given") else
             f"a small pixel-space prior trained from scratch ({prior.get('unet_steps', '?')} steps)")
     header = (f"# D2-VR in miniature (benchmarks/paper_tables.py)\n\n{made}, on {', '.join(cfg.videos)} "
-              f"(first 80% of frames); students trained '{cfg.student_input}' at lr {cfg.student_lr:g}, "
-              f"lambda_rec {cfg.student_rec:g}, EMA {cfg.student_ema:g}, lr cosine to x{cfg.student_final_lr:g}; evaluated on {cfg.eval_frames} held-out "
+              f"(first 80% of frames), training inputs degraded with {cfg.train_degrade}; students trained '{cfg.student_input}' at lr {cfg.student_lr:g}, "
+              f"lambda_rec {cfg.student_rec:g}, EMA {cfg.student_ema:g}, lr {'constant' if cfg.student_final_lr == 1 else f'cosine to x{cfg.student_final_lr:g}'}; evaluated on {cfg.eval_frames} held-out "
               f"consecutive frames per video, centre {cfg.eval_crop} px, x4, TecoGAN convention. Training: " + "; ".join(
                   f"{k} {v.get('steps')} steps ({v.get('seconds', 0) / 60:.1f} min)" for k, v in state.items()
                   if k.startswith("student:")) + f"; flow nets {state.get('flow', {}).get('seconds', 0) / 60:.1f} min; "
