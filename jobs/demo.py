@@ -113,24 +113,25 @@ def stage_drfa(cfg: DemoConfig, run_dir: str) -> dict:
     return {"epe": summary["epe"], "steps": summary["steps"], "output": summary["export"]}
 
 
+def _shipped_folder(flag: str, value: str, inside: str, what: str) -> str:
+    """A model folder given to the demo (a relative one is the repository's), checked to hold `inside`."""
+    path = value if os.path.isabs(value) else os.path.join(_bootstrap.ROOT, value)
+    found = os.path.isdir if inside.endswith("/") else os.path.isfile
+    if not found(os.path.join(path, inside)):
+        raise SystemExit(f"demo: {flag} {value}: not a {what} folder (no {inside} inside)")
+    return path
+
+
 def _prior_init(cfg: DemoConfig) -> str:
-    """--prior as `jobs/train_prior.py --init` takes it (a relative folder is the repository's)."""
+    """--prior as `jobs/train_prior.py --init` takes it."""
     if cfg.prior in ("small", "tiny"):
         return cfg.prior
-    path = cfg.prior if os.path.isabs(cfg.prior) else os.path.join(_bootstrap.ROOT, cfg.prior)
-    if not os.path.isdir(os.path.join(path, "unet")):
-        raise SystemExit(f"demo: --prior {cfg.prior}: not a prior folder (no unet/ inside)")
-    return path
+    return _shipped_folder("--prior", cfg.prior, "unet/", "prior")
 
 
 def _student_init(cfg: DemoConfig) -> str:
     """--student as `jobs/distill.py --student-init` takes it ("" = none)."""
-    if not cfg.student:
-        return ""
-    path = cfg.student if os.path.isabs(cfg.student) else os.path.join(_bootstrap.ROOT, cfg.student)
-    if not os.path.isfile(os.path.join(path, "student", "config.json")):
-        raise SystemExit(f"demo: --student {cfg.student}: not a student folder (no student/config.json inside)")
-    return path
+    return _shipped_folder("--student", cfg.student, "student/config.json", "student") if cfg.student else ""
 
 
 def stage_prior(cfg: DemoConfig, run_dir: str) -> dict:
